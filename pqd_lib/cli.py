@@ -1,0 +1,107 @@
+"""The ``pqd`` command line.
+
+    pqd train  [PARAMS.yaml] [--preset P] [--source S] [--set key=value ...]   train/cache the FP32 baseline
+    pqd run    [PARAMS.yaml] [--order PQD] ...                                 run the ordered pipeline
+
+Every subcommand resolves a :class:`~pqd_lib.config.RunConfig` the same way as the notebooks
+(``parameters/*.yaml`` + preset + overrides) and prints one-line errors for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from . import config as config_mod
+
+__all__ = ["main", "resolve_config"]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("params", nargs="?", help="parameters/<backbone>_<dataset>.yaml (default: built-in defaults)")
+    p.add_argument("--preset", choices=sorted(config_mod.PRESETS), help="how much to compute: smoke, mini or paper")
+    p.add_argument("--source", choices=["torchvision", "folder", "embedded"],
+                   help="data source (shorthand for --set data.source=...)")
+    p.add_argument("--root", help="data root (shorthand for --set data.root=...)")
+    p.add_argument("--seed", type=int, help="random seed (shorthand for --set seed=...)")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def resolve_config(args: argparse.Namespace) -> config_mod.RunConfig:
+    """The RunConfig described by the common command-line options."""
+    cfg = config_mod.load(args.params, preset=args.preset)
+    assignments = config_mod.parse_assignments(args.assignments)
+    for key, value in (("data.source", args.source), ("data.root", args.root), ("seed", args.seed)):
+        if value is not None:
+            assignments.setdefault(key, value)
+    return config_mod.apply_overrides(cfg, assignments) if assignments else cfg
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import train
+
+    cfg = resolve_config(args)
+    if args.print_config:
+        print(config_mod.to_yaml(cfg), end="")
+        return 0
+    start = time.perf_counter()
+    _, info = train.train_baseline(cfg)
+    seconds = time.perf_counter() - start
+    test = info["test"]
+    status = "loaded from cache" if info["cached"] else f"trained in {seconds:.0f} s"
+    print(f"baseline {cfg.model.name} (width {cfg.model.width}) on {cfg.data.dataset} [{cfg.data.source}]: "
+          f"{status}; checkpoint {info['path']}")
+    if info["history"]:
+        last = info["history"][-1]
+        print(f"epochs {len(info['history'])}, last epoch {last.get('images_per_s', float('nan')):.0f} images/s")
+    print(f"test top-1 = {test['top1']:.2f} %  (top-5 {test['top5']:.2f} %, {test['images']} test images; "
+          f"chance = {100 / cfg.num_classes:.0f} %)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import pipeline
+
+    cfg = resolve_config(args)
+    if args.order:
+        cfg = config_mod.apply_overrides(cfg, {"pipeline.order": args.order})
+    if args.print_config:
+        print(config_mod.to_yaml(cfg), end="")
+        return 0
+    result = pipeline.run(cfg)
+    for rec in result.records:
+        print(json.dumps({k: v for k, v in rec.items() if not isinstance(v, (list, dict))}, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``pqd`` command."""
+    parser = argparse.ArgumentParser(prog="pqd", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train (or load from cache) the FP32 baseline and print its accuracy")
+    _add_config_args(p_train)
+    p_train.set_defaults(func=_cmd_train)
+    p_run = sub.add_parser("run", help="run the ordered pipeline (e.g. --order PQD) from the cached baseline")
+    _add_config_args(p_run)
+    p_run.add_argument("--order", help="stage order over P, Q, D, e.g. PQD (shorthand for --set pipeline.order=...)")
+    p_run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pqd`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # our errors are ValueErrors with one-line messages
+        print(f"pqd: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

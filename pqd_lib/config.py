@@ -1,0 +1,600 @@
+"""Typed, validated run configuration.
+
+One frozen dataclass per concern, grouped in :class:`RunConfig`. The defaults are
+the paper's protocol (Zhou & Shen 2026, full widths, 20/40/40 stage epochs); the
+presets ``smoke``, ``mini`` and ``paper`` change *how much* is computed (widths,
+epochs, subset sizes, timing repetitions), never *what*.
+
+Configuration is layered, later layers winning::
+
+    dataclass defaults  <-  parameters/<cell>.yaml  <-  built-in preset
+                        <-  the YAML's ``presets: {<name>: {...}}`` block  <-  overrides
+
+Every key maps 1:1 onto a dataclass field. An unknown key, a wrong type or an
+out-of-range value raises :class:`ConfigError` with a one-line message naming the
+key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "PruneConfig",
+    "QuantizeConfig",
+    "DistillConfig",
+    "PipelineConfig",
+    "MeasureConfig",
+    "RunConfig",
+    "PRESETS",
+    "load",
+    "preset",
+    "from_dict",
+    "to_dict",
+    "to_yaml",
+    "config_hash",
+    "run_id",
+    "apply_overrides",
+    "parse_assignments",
+    "with_section",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names key, value and what is allowed."""
+
+
+Dataset = Literal["cifar10", "cifar100"]
+DataSource = Literal["torchvision", "folder", "embedded"]
+Backbone = Literal["resnet18", "wrn28_10", "vgg16_bn"]
+Schedule = Literal["cosine", "onecycle"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how many are used."""
+
+    # Which CIFAR; fixes the number of classes (10 or 100).
+    dataset: Dataset = "cifar10"
+    # torchvision: the official archive (downloaded if missing; the default for users);
+    # folder: an image-folder tree train/<class>/*, test/<class>/* (e.g. the offline JPEG mirror);
+    # embedded: the balanced 500+100-per-class CIFAR-10 subset shipped inside pqd_lib (no download).
+    source: DataSource = "torchvision"
+    # Data root; None means $PQD_DATA, else ~/.cache/pqd/data. For "folder", the tree's root.
+    root: str | None = None
+    # Let torchvision download the archive when it is missing from `root`.
+    download: bool = True
+    # Balanced, seeded subset of the training set (images in total); None keeps every image.
+    train_subset: int | None = None
+    # Balanced, seeded subset of the test set; None keeps every image (the reported protocol).
+    test_subset: int | None = None
+    # Random crop with 4-pixel zero padding and horizontal flip, on whole batches.
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone; the number of classes follows from the dataset."""
+
+    # One of pqd_lib.models.MODELS.
+    name: Backbone = "resnet18"
+    # Channel multiplier: 1.0 is the paper's architecture; CPU presets use less.
+    width: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The FP32 baseline (the teacher) and the loop settings shared by every stage."""
+
+    # Baseline epochs. 200 with SGD+cosine is the common CIFAR ResNet recipe
+    # (the paper gives no baseline schedule; this is our stated choice).
+    epochs: int = 200
+    # Mini-batch size for training (evaluation uses `eval_batch_size`).
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    # SGD with momentum; lr for batch 128 as in He et al. 2016 / the usual CIFAR recipes.
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    # Learning-rate schedule over the run's steps.
+    schedule: Schedule = "cosine"
+    # Label smoothing of the cross-entropy (0 = plain CE, the paper's loss).
+    label_smoothing: float = 0.0
+    # Gradient-free epochs at the start with a linearly rising lr (0 = none).
+    warmup_epochs: float = 0.0
+    # "auto": CUDA when available, else CPU.
+    device: Device = "auto"
+    # torch.set_num_threads for training; None keeps torch's default (all cores).
+    threads: int | None = None
+    # NHWC memory layout; measured faster for convolutions on CPU and CUDA.
+    channels_last: bool = True
+    # bfloat16 autocast for FP32 training where the hardware supports it natively
+    # (never used for QAT, whose fake-quant needs FP32).
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """P: unstructured magnitude pruning (Zhu & Gupta 2017 gradual schedule)."""
+
+    # Fraction of prunable weights set to zero at the end of the stage.
+    target_sparsity: float = 0.5
+    # global: one magnitude threshold over all prunable layers; layerwise: every
+    # prunable layer pruned to the same sparsity by its own magnitudes (uniform).
+    scope: Literal["global", "layerwise"] = "global"
+    # The first conv and the classifier are small and sensitive; keeping them dense is
+    # the common practice (Gale et al. 2019, "The State of Sparsity in Deep Neural Networks").
+    prune_first_conv: bool = False
+    prune_classifier: bool = False
+    # Fraction of the stage's steps over which sparsity ramps up (cubic schedule);
+    # the rest fine-tunes at the final sparsity.
+    ramp_fraction: float = 0.5
+    # Number of mask updates spread over the ramp.
+    ramp_updates: int = 10
+    # Optimiser for the stage: fine-tuning a trained model, so a tenth of the baseline lr.
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Q: INT8 quantization-aware training for the x86 CPU backend."""
+
+    # Quantized engine of the deployed model (torch.backends.quantized.engine).
+    backend: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
+    # Observers frozen after this fraction of the stage's epochs, BN statistics after
+    # this one (torchvision's QAT recipe: 4 and 3 of 10 epochs -> 0.4 and 0.3).
+    freeze_observers_after: float = 0.4
+    freeze_bn_after: float = 0.3
+    # Activations use 7 of the 8 uint8 bits (quant range 0..127), as torch's own x86/fbgemm
+    # default QAT qconfig does: fbgemm's u8 x s8 kernels can saturate their 16-bit
+    # intermediate sums on x86 CPUs without VNNI. False uses the full 0..255 (safe with VNNI).
+    reduce_range: bool = True
+    # torchvision's QAT recipe fine-tunes with lr 1e-4 at batch 32; 1e-3 at batch 128.
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """D: Hinton et al. 2015 knowledge distillation from the FP32 baseline."""
+
+    # Softmax temperature T and the weight alpha of the soft term:
+    # loss = alpha * T^2 * KL(p_T || q_T) + (1 - alpha) * CE   (Hinton et al. 2015).
+    temperature: float = 4.0
+    alpha: float = 0.9
+    # Path to a teacher checkpoint written by pqd; None = the cached FP32 baseline.
+    teacher: str | None = None
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The order of stages and how epochs are allocated to them."""
+
+    # Letters P, Q, D, each at most once, in execution order.
+    order: str = "PQD"
+    # by_stage: `epochs` are for P, Q, D whatever their position (the paper's 20/40/40);
+    # by_position: `epochs` are for the first, second and third stage run.
+    allocation: Literal["by_stage", "by_position"] = "by_stage"
+    epochs: tuple[int, int, int] = (20, 40, 40)
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """The latency protocol and what else is measured."""
+
+    # Thread counts to time; None = [1, all cores].
+    threads: tuple[int, ...] | None = None
+    batch_sizes: tuple[int, ...] = (1, 32)
+    # Untimed runs before timing (caches, allocator, oneDNN primitive creation).
+    warmup: int = 50
+    # Timed runs continue until both bounds are met.
+    min_runs: int = 300
+    min_seconds: float = 2.0
+    # Time each model in a freshly spawned process loading the saved artifact.
+    isolate: bool = True
+    # Also time a torch.compile variant where it works.
+    compile: bool = False
+    # Also export to ONNX and time ONNX Runtime (FP32, its own INT8, our QAT INT8).
+    onnxruntime: bool = True
+    # Images used to calibrate ONNX Runtime's static quantization.
+    calibration_images: int = 256
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one run; its hash names the run."""
+
+    seed: int = 0
+    # Name of the preset that was layered on (recorded; changes nothing by itself).
+    preset: Literal["smoke", "mini", "paper"] | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    # Where result records are appended.
+    results_dir: str = "reports/results"
+    # Checkpoints and decoded-data caches; None = $PQD_CACHE, else ~/.cache/pqd.
+    cache_dir: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """10 for CIFAR-10, 100 for CIFAR-100."""
+        return 100 if self.data.dataset == "cifar100" else 10
+
+    @property
+    def cache_path(self) -> Path:
+        """The resolved cache directory."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        return Path(os.environ.get("PQD_CACHE", "~/.cache/pqd")).expanduser()
+
+
+# ---------------------------------------------------------------------------
+# Presets: how much is computed. Sizes are justified in README ("Presets").
+# ---------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on 2 CPU cores: for tests and nbval. Not a result.
+    "smoke": {
+        "model": {"width": 0.125},
+        "data": {"train_subset": 500, "test_subset": 200},
+        "train": {"epochs": 1, "batch_size": 64, "eval_batch_size": 200},
+        "prune": {"ramp_updates": 2},
+        "pipeline": {"epochs": (1, 1, 1)},
+        "measure": {
+            "threads": (1,),
+            "batch_sizes": (1,),
+            "warmup": 2,
+            "min_runs": 5,
+            "min_seconds": 0.0,
+            "calibration_images": 16,
+        },
+    },
+    # Real data, reduced widths/epochs: the protocol run and reported on 2 CPU cores.
+    "mini": {
+        "model": {"width": 0.25},
+        "data": {"train_subset": 10000},
+        "train": {"epochs": 15},
+        "pipeline": {"epochs": (1, 2, 2)},
+    },
+    # The paper's full protocol (the dataclass defaults), for GPU users.
+    "paper": {},
+}
+
+_SECTIONS = {f.name: f.type for f in fields(RunConfig) if f.name in {
+    "data", "model", "train", "prune", "quantize", "distill", "pipeline", "measure"}}
+
+# Fields that say where things go, not what is computed: left out of the hash.
+_UNHASHED = {"results_dir", "cache_dir", "preset", "data.root", "data.download", "train.device",
+             "train.threads", "measure"}
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` converted to annotation `tp`, or raise ConfigError."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise ConfigError(f"{errors[0]}{' (or null)' if type(None) in args else ''}")
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: {value!r} is not a list; expected {_type_name(tp)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: {list(value)!r} must have exactly {len(args)} items")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not a bool; use true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: {value!r} is not an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: {value!r} is not a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: {value!r} is not a string")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")  # a bug in this module, not in the YAML
+
+
+def _check_range(key: str, value: Any, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False) -> None:
+    if value is None:
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (
+            hi is not None and (v >= hi if hi_open else v > hi))
+        if bad:
+            lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+            hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+            allowed = " and ".join(s for s in (lo_s, hi_s) if s)
+            raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
+
+
+_RANGES: dict[str, tuple] = {
+    # key: (lo, hi, lo_open, hi_open)
+    "seed": (0, None, False, False),
+    "data.train_subset": (1, None, False, False),
+    "data.test_subset": (1, None, False, False),
+    "model.width": (0, 4, True, False),
+    "train.epochs": (0, None, False, False),
+    "train.batch_size": (1, None, False, False),
+    "train.eval_batch_size": (1, None, False, False),
+    "train.lr": (0, None, True, False),
+    "train.momentum": (0, 1, False, True),
+    "train.weight_decay": (0, None, False, False),
+    "train.label_smoothing": (0, 1, False, True),
+    "train.warmup_epochs": (0, None, False, False),
+    "train.threads": (1, None, False, False),
+    "prune.target_sparsity": (0, 1, False, True),
+    "prune.ramp_fraction": (0, 1, False, False),
+    "prune.ramp_updates": (1, None, False, False),
+    "prune.lr": (0, None, True, False),
+    "prune.momentum": (0, 1, False, True),
+    "prune.weight_decay": (0, None, False, False),
+    "quantize.freeze_observers_after": (0, 1, False, False),
+    "quantize.freeze_bn_after": (0, 1, False, False),
+    "quantize.lr": (0, None, True, False),
+    "quantize.momentum": (0, 1, False, True),
+    "quantize.weight_decay": (0, None, False, False),
+    "distill.temperature": (0, None, True, False),
+    "distill.alpha": (0, 1, False, False),
+    "distill.lr": (0, None, True, False),
+    "distill.momentum": (0, 1, False, True),
+    "distill.weight_decay": (0, None, False, False),
+    "pipeline.epochs": (0, None, False, False),
+    "measure.threads": (1, None, False, False),
+    "measure.batch_sizes": (1, None, False, False),
+    "measure.warmup": (0, None, False, False),
+    "measure.min_runs": (1, None, False, False),
+    "measure.min_seconds": (0, None, False, False),
+    "measure.calibration_images": (1, None, False, False),
+}
+
+
+def _check_order(order: str) -> None:
+    if not order:
+        raise ConfigError("pipeline.order: '' is empty; use letters from 'P', 'Q', 'D' (e.g. 'PQD')")
+    bad = sorted(set(order) - set("PQD"))
+    if bad:
+        raise ConfigError(f"pipeline.order: {order!r} has unknown letter(s) {', '.join(bad)}; "
+                          "use only P (prune), Q (quantize), D (distill)")
+    repeated = sorted({c for c in order if order.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"pipeline.order: {order!r} repeats {', '.join(repeated)}; each letter at most once")
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, validating every key and value."""
+    if data is None:
+        data = {}
+    if is_dataclass(data):
+        data = to_dict(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            where = prefix.rstrip(".") or "the top level"
+            raise ConfigError(f"{prefix}{key}: unknown key in {where}; allowed keys: {', '.join(sorted(known))}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], prefix=f"{key}.")
+            continue
+        value = _coerce(key, data[f.name], tp)
+        if key in _RANGES:
+            _check_range(key, value, *_RANGES[key])
+        if key == "pipeline.order":
+            _check_order(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts and lists (tuples become lists), ready for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Validate a nested mapping (as read from YAML) into a :class:`RunConfig`."""
+    return _build(RunConfig, data)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """Deep merge: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in (update or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _check_preset(name: str | None) -> None:
+    if name is not None and name not in PRESETS:
+        raise ConfigError(f"preset: {name!r} does not exist; choose one of {', '.join(map(repr, PRESETS))}")
+
+
+def preset(name: str, **overrides: Any) -> RunConfig:
+    """The config of preset `name` ('smoke', 'mini', 'paper') with every other field at its default.
+
+    `overrides` are sections or top-level fields, e.g. ``data={"source": "embedded"}, seed=1``.
+    """
+    _check_preset(name)
+    layered = _merge(_merge({}, PRESETS[name]), {"preset": name})
+    return from_dict(_merge(layered, overrides))
+
+
+def load(path: str | os.PathLike | None = None, preset: str | None = None, **overrides: Any) -> RunConfig:
+    """Load a parameters YAML, layer a preset and overrides on it, validate, return a RunConfig.
+
+    Args:
+        path: a ``parameters/*.yaml`` file (overrides of the defaults only), or None for defaults.
+        preset: 'smoke', 'mini' or 'paper' layered on the file; None layers none.
+        overrides: sections or top-level fields, e.g. ``train={"epochs": 3}, seed=2``.
+
+    Raises:
+        ConfigError: unknown key, wrong type, out-of-range value, unknown preset, unreadable file.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: parameters file not found; see parameters/*.yaml for examples")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    file_presets = data.pop("presets", None) or {}
+    if not isinstance(file_presets, dict):
+        raise ConfigError(f"presets: expected a mapping of preset name -> overrides, got {file_presets!r}")
+    for name in file_presets:
+        _check_preset(name)
+    # A `preset` key inside the file only records what was layered (a resolved config read back
+    # must stay equal to itself); layering happens for the `preset` argument alone.
+    _check_preset(preset)
+    layered = data
+    if preset is not None:
+        layered = _merge(layered, PRESETS[preset])
+        layered = _merge(layered, file_presets.get(preset) or {})
+        layered["preset"] = preset
+    return from_dict(_merge(layered, overrides))
+
+
+def apply_overrides(cfg: RunConfig, assignments: dict[str, Any]) -> RunConfig:
+    """Return `cfg` with dotted-key assignments applied, e.g. ``{"train.epochs": 3}`` (validated)."""
+    nested: dict[str, Any] = {}
+    for dotted, value in assignments.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(_merge(to_dict(cfg), nested))
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """Parse CLI ``key=value`` strings; values are read as YAML scalars/lists (``3``, ``true``, ``[1, 2]``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{item!r}: expected key=value, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: cannot read value {raw!r}") from None
+    return out
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML; ``load`` of it gives back an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: RunConfig, sections: tuple[str, ...] | None = None, length: int = 10) -> str:
+    """A stable hex hash of what the run computes (paths, devices and timing knobs excluded).
+
+    `sections` restricts the hash to some top-level fields, e.g. ``("seed", "data", "model", "train")``
+    names the baseline teacher independently of the stage settings.
+    """
+    d = to_dict(cfg)
+    for dotted in _UNHASHED:
+        node = d
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    if sections is not None:
+        d = {k: v for k, v in d.items() if k in sections}
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def run_id(cfg: RunConfig, order: str | None = None) -> str:
+    """A readable, unique run name, e.g. ``resnet18-cifar10-PQD-s0-3fa2c81b9e``."""
+    order = cfg.pipeline.order if order is None else order
+    return f"{cfg.model.name}-{cfg.data.dataset}-{order}-s{cfg.seed}-{config_hash(cfg)}"
+
+
+def with_section(cfg: RunConfig, section: str, **changes: Any) -> RunConfig:
+    """Return `cfg` with fields of one section replaced (validated), e.g. ``with_section(cfg, "train", epochs=3)``."""
+    return apply_overrides(cfg, {f"{section}.{k}": v for k, v in changes.items()})
+

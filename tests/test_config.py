@@ -1,0 +1,101 @@
+"""Typed configuration: layering, validation messages, serialisation, hashing."""
+
+import pytest
+
+from pqd_lib import config as C
+
+
+def test_preset_changes_how_much_not_what():
+    smoke, mini, paper = C.preset("smoke"), C.preset("mini"), C.preset("paper")
+    assert paper == C.RunConfig(preset="paper")
+    # what is computed is the same in every preset: model family, stage order, loss settings
+    for cfg in (smoke, mini):
+        assert cfg.model.name == paper.model.name
+        assert cfg.pipeline.order == paper.pipeline.order
+        assert cfg.distill == paper.distill
+        assert cfg.prune.target_sparsity == paper.prune.target_sparsity
+    assert smoke.train.epochs < mini.train.epochs < paper.train.epochs
+    assert smoke.model.width < mini.model.width < paper.model.width
+
+
+def test_yaml_round_trip_and_layering(tmp_path):
+    p = tmp_path / "cell.yaml"
+    p.write_text(
+        "model: {name: vgg16_bn}\n"
+        "data: {dataset: cifar100}\n"
+        "train: {lr: 0.05, epochs: 7}\n"
+        "presets:\n  mini: {model: {width: 0.5}}\n"
+    )
+    base = C.load(p)
+    assert (base.model.name, base.num_classes, base.train.lr, base.train.epochs) == ("vgg16_bn", 100, 0.05, 7)
+    mini = C.load(p, preset="mini", seed=3)
+    # the built-in preset wins over the file, the file's own preset block over the built-in one
+    assert mini.train.epochs == C.PRESETS["mini"]["train"]["epochs"]
+    assert mini.model.width == 0.5 and mini.seed == 3 and mini.preset == "mini"
+    assert mini.train.lr == 0.05
+    again = tmp_path / "resolved.yaml"
+    again.write_text(C.to_yaml(mini))
+    assert C.load(again) == mini
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        ({"modle": {}}, ["modle", "unknown key", "allowed keys", "model"]),
+        ({"train": {"epoch": 3}}, ["train.epoch", "unknown key", "epochs"]),
+        ({"model": {"name": "resnet50"}}, ["model.name", "'resnet50'", "'resnet18'", "'vgg16_bn'"]),
+        ({"data": {"dataset": "mnist"}}, ["data.dataset", "'mnist'", "'cifar100'"]),
+        ({"train": {"epochs": -1}}, ["train.epochs", "-1", ">= 0"]),
+        ({"train": {"epochs": 2.5}}, ["train.epochs", "2.5", "integer"]),
+        ({"train": {"nesterov": "yes"}}, ["train.nesterov", "bool"]),
+        ({"prune": {"target_sparsity": 1.0}}, ["prune.target_sparsity", "< 1"]),
+        ({"pipeline": {"order": "PXD"}}, ["pipeline.order", "X"]),
+        ({"pipeline": {"order": "PQP"}}, ["pipeline.order", "repeats P"]),
+        ({"pipeline": {"order": ""}}, ["pipeline.order", "empty"]),
+        ({"pipeline": {"epochs": [1, 2]}}, ["pipeline.epochs", "exactly 3"]),
+        ({"measure": {"threads": [0]}}, ["measure.threads", ">= 1"]),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(overrides, fragments):
+    with pytest.raises(C.ConfigError) as err:
+        C.from_dict(overrides)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for f in fragments:
+        assert f in msg, (f, msg)
+
+
+def test_unknown_preset_and_bad_file(tmp_path):
+    with pytest.raises(C.ConfigError, match="'huge'.*'smoke'"):
+        C.preset("huge")
+    with pytest.raises(C.ConfigError, match="not found"):
+        C.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(C.ConfigError, match="not valid YAML"):
+        C.load(bad)
+    code = tmp_path / "code.yaml"
+    code.write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(C.ConfigError):  # safe_load: no code from data files
+        C.load(code)
+
+
+def test_hash_is_stable_and_ignores_paths():
+    a = C.preset("smoke")
+    b = C.preset("smoke", results_dir="/elsewhere", cache_dir="/tmp/x", data={"root": "/data"})
+    assert C.config_hash(a) == C.config_hash(b)
+    assert C.config_hash(a) != C.config_hash(C.preset("smoke", seed=1))
+    assert C.run_id(a).startswith("resnet18-cifar10-PQD-s0-")
+    # the teacher's key ignores stage settings
+    c = C.apply_overrides(a, {"prune.target_sparsity": 0.9})
+    sections = ("seed", "data", "model", "train")
+    assert C.config_hash(a, sections) == C.config_hash(c, sections)
+    assert C.config_hash(a) != C.config_hash(c)
+
+
+def test_cli_assignments():
+    got = C.parse_assignments(["train.epochs=3", "measure.threads=[1, 2]", "data.source=embedded"])
+    cfg = C.apply_overrides(C.preset("smoke"), got)
+    assert cfg.train.epochs == 3 and cfg.measure.threads == (1, 2) and cfg.data.source == "embedded"
+    with pytest.raises(C.ConfigError, match="key=value"):
+        C.parse_assignments(["train.epochs"])
