@@ -2,6 +2,7 @@
 
     pqd train  [PARAMS.yaml] [--preset P] [--source S] [--set key=value ...]   train/cache the FP32 baseline
     pqd run    [PARAMS.yaml] [--order PQD] ...                                 run the ordered pipeline
+    pqd batch  --backbone B --dataset D --preset P --seeds 0 1 2               run the notebooks with papermill
 
 Every subcommand resolves a :class:`~pqd_lib.config.RunConfig` the same way as the notebooks
 (``parameters/*.yaml`` + preset + overrides) and prints one-line errors for bad input.
@@ -79,6 +80,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from . import batch
+
+    runs = batch.plan(args.backbone, args.dataset, args.preset, args.seeds, data_source=args.source,
+                      data_root=args.root, results_dir=args.results_dir, runs_dir=args.runs_dir,
+                      cache_dir=args.cache_dir)
+    notebooks = batch.notebook_names(batch.NOTEBOOKS_DIR, args.notebooks)
+    result = batch.run_batch(runs, notebooks, progress=not args.no_progress)
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pqd`` command."""
     parser = argparse.ArgumentParser(prog="pqd", description=__doc__.splitlines()[0])
@@ -90,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p_run)
     p_run.add_argument("--order", help="stage order over P, Q, D, e.g. PQD (shorthand for --set pipeline.order=...)")
     p_run.set_defaults(func=_cmd_run)
+    p_batch = sub.add_parser("batch", help="run the numbered notebooks with papermill, one folder per run, resumable")
+    p_batch.add_argument("--backbone", required=True, help="resnet18, wrn28_10, vgg16_bn or all")
+    p_batch.add_argument("--dataset", required=True, help="cifar10, cifar100 or all")
+    p_batch.add_argument("--preset", required=True, help="smoke, mini or paper")
+    p_batch.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p_batch.add_argument("--notebooks", help="which notebooks, e.g. 01-05 or 01,07 (default: all)")
+    p_batch.add_argument("--source", choices=["torchvision", "folder", "embedded"], help="data source")
+    p_batch.add_argument("--root", help="data root for the torchvision or folder source")
+    p_batch.add_argument("--results-dir", default="reports/results", help="where records are appended")
+    p_batch.add_argument("--runs-dir", default="reports/runs", help="where executed notebooks are kept")
+    p_batch.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
+    p_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_batch.set_defaults(func=_cmd_batch)
     return parser
 
 

@@ -51,6 +51,8 @@ __all__ = [
     "apply_overrides",
     "parse_assignments",
     "with_section",
+    "PARAMETERS_DIR",
+    "cell",
 ]
 
 
@@ -536,6 +538,24 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, **ove
         layered = _merge(layered, file_presets.get(preset) or {})
         layered["preset"] = preset
     return from_dict(_merge(layered, overrides))
+
+
+# The repository's parameters/ folder (a source checkout, as on Binder and Colab); $PQD_PARAMETERS wins.
+PARAMETERS_DIR = Path(os.environ.get("PQD_PARAMETERS", Path(__file__).resolve().parents[1] / "parameters"))
+
+
+def cell(backbone: str, dataset: str, preset: str | None = None, **overrides: Any) -> RunConfig:
+    """The config of one backbone x dataset cell: ``parameters/<backbone>_<dataset>.yaml`` + preset + overrides.
+
+    This is how notebooks and the batch runner find their parameters, whatever the working directory.
+    """
+    _coerce("model.name", backbone, Backbone)
+    _coerce("data.dataset", dataset, Dataset)
+    path = PARAMETERS_DIR / f"{backbone}_{dataset}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no parameters file for {backbone} x {dataset}; "
+                          f"expected one per cell in {PARAMETERS_DIR} (or set $PQD_PARAMETERS)")
+    return load(path, preset=preset, **overrides)
 
 
 def apply_overrides(cfg: RunConfig, assignments: dict[str, Any]) -> RunConfig:

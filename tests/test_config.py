@@ -99,3 +99,20 @@ def test_cli_assignments():
     assert cfg.train.epochs == 3 and cfg.measure.threads == (1, 2) and cfg.data.source == "embedded"
     with pytest.raises(C.ConfigError, match="key=value"):
         C.parse_assignments(["train.epochs"])
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "wrn28_10", "vgg16_bn"])
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+@pytest.mark.parametrize("preset_name", ["smoke", "mini", "paper"])
+def test_every_cell_and_preset_resolves(backbone, dataset, preset_name):
+    cfg = C.cell(backbone, dataset, preset=preset_name)
+    assert (cfg.model.name, cfg.data.dataset, cfg.preset) == (backbone, dataset, preset_name)
+    if preset_name == "paper":
+        assert cfg.model.width == 1.0 and cfg.pipeline.epochs == (20, 40, 40)
+
+
+def test_cell_rejects_unknown_names():
+    with pytest.raises(C.ConfigError, match="'resnet50'"):
+        C.cell("resnet50", "cifar10")
+    with pytest.raises(C.ConfigError, match="'svhn'"):
+        C.cell("resnet18", "svhn")

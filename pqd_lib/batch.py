@@ -1,0 +1,219 @@
+"""Batch runs of the numbered notebooks through papermill, resumable.
+
+    pqd batch --backbone resnet18 --dataset cifar10 --preset mini --seeds 0 1 2
+
+One *run* is one backbone x dataset x preset x seed; it gets a folder
+``reports/runs/<run id>/`` holding the executed notebooks. A notebook counts as done only
+when a ``<notebook>.done`` marker is written after papermill returns, so a batch that was
+killed (even by SIGKILL) redoes exactly the notebook it was in and skips the finished ones.
+Records a notebook appends carry deterministic ids (see :mod:`pqd_lib.results`), so redoing a
+notebook overwrites its own records instead of duplicating them.
+
+Failures do not stop the batch: they are listed at the end with the path of the executed
+notebook, in which papermill keeps the outputs up to the failing cell and the error.
+Bad input (unknown backbone, dataset or preset, parameters of the wrong type, an unwritable
+results directory) is reported in one line before any notebook starts.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from . import config as config_mod
+
+__all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "notebook_names"]
+
+BACKBONES = ("resnet18", "wrn28_10", "vgg16_bn")
+DATASETS = ("cifar10", "cifar100")
+NOTEBOOKS_DIR = Path(os.environ.get("PQD_NOTEBOOKS", Path(__file__).resolve().parents[1] / "notebooks"))
+
+
+class BatchError(ValueError):
+    """Bad input to a batch, reported before any notebook runs."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One backbone x dataset x preset x seed, and where its executed notebooks go."""
+
+    run_id: str
+    backbone: str
+    dataset: str
+    preset: str
+    seed: int
+    parameters: dict[str, Any]
+    folder: Path
+
+
+@dataclass
+class BatchResult:
+    """What a batch did: notebooks executed, skipped (already done) and failed (with their paths)."""
+
+    executed: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no notebook failed."""
+        return not self.failed
+
+
+def notebook_names(notebooks_dir: Path = NOTEBOOKS_DIR, select: str | None = None) -> list[str]:
+    """The numbered notebooks (``NN_name.ipynb``), optionally a range like ``"01-05"`` or a list ``"01,07"``."""
+    names = sorted(p.name for p in Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+    if not names:
+        raise BatchError(f"{notebooks_dir}: no numbered notebooks (NN_name.ipynb) found")
+    if not select:
+        return names
+    wanted: set[str] = set()
+    for part in select.split(","):
+        lo, _, hi = part.strip().partition("-")
+        hi = hi or lo
+        if not (lo.isdigit() and hi.isdigit()):
+            raise BatchError(f"--notebooks: {select!r} is not a range like 01-05 or a list like 01,07")
+        wanted |= {f"{i:02d}" for i in range(int(lo), int(hi) + 1)}
+    chosen = [n for n in names if n[:2] in wanted]
+    if not chosen:
+        raise BatchError(f"--notebooks: {select!r} matches none of {', '.join(names)}")
+    return chosen
+
+
+def _expand(value: str, allowed: Sequence[str], what: str) -> list[str]:
+    values = list(allowed) if value == "all" else [value]
+    for v in values:
+        if v not in allowed:
+            raise BatchError(f"--{what}: {v!r} is not known; choose one of {', '.join(allowed)} or 'all'")
+    return values
+
+
+def _check_writable(directory: Path, what: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".pqd-write-check-"):
+            pass
+    except OSError as exc:
+        raise BatchError(f"{what} {directory} is not writable ({exc.strerror}); choose another with "
+                         f"--{what.replace(' ', '-')}") from None
+
+
+def _notebook_parameters(path: Path) -> dict[str, type | None]:
+    """The notebook's parameters and the type of each default value (None: any type).
+
+    Read from the ``parameters`` cell with :func:`ast.literal_eval` on each assignment, so the
+    notebook's code is never executed to learn them.
+    """
+    nb = json.loads(Path(path).read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise BatchError(f"{path.name}: no cell tagged 'parameters'; papermill needs one")
+    declared: dict[str, type | None] = {}
+    for node in ast.parse("".join(cells[0]["source"])).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+            if isinstance(target, ast.Name):
+                try:
+                    default = ast.literal_eval(node.value)
+                except ValueError:
+                    default = None
+                declared[target.id] = None if default is None else type(default)
+    return declared
+
+
+def _check_types(notebook: Path, declared: dict[str, type | None], given: dict[str, Any]) -> dict[str, Any]:
+    """Keep the parameters this notebook declares; refuse values whose type contradicts its default's."""
+    passed = {}
+    for name, value in given.items():
+        if name not in declared:
+            continue
+        expected = declared[name]
+        compatible = (value is None or expected is None or isinstance(value, expected)
+                      or (expected is float and isinstance(value, int))
+                      or (expected in (list, tuple) and isinstance(value, (list, tuple))))
+        if not compatible or (expected is int and isinstance(value, bool)):
+            raise BatchError(f"{notebook.name}: parameter {name}={value!r} is a {type(value).__name__}, "
+                             f"the notebook declares {expected.__name__}")
+        passed[name] = value
+    return passed
+
+
+def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data_source: str | None = None,
+         data_root: str | None = None, results_dir: str | os.PathLike = "reports/results",
+         runs_dir: str | os.PathLike = "reports/runs", cache_dir: str | None = None) -> list[Run]:
+    """Resolve and validate every run of a batch (no notebook runs); raise BatchError/ConfigError on bad input."""
+    backbones = _expand(backbone, BACKBONES, "backbone")
+    datasets = _expand(dataset, DATASETS, "dataset")
+    if preset not in config_mod.PRESETS:
+        raise BatchError(f"--preset: {preset!r} does not exist; choose one of {', '.join(config_mod.PRESETS)}")
+    if not seeds:
+        raise BatchError("--seeds: give at least one seed")
+    results_dir, runs_dir = Path(results_dir).resolve(), Path(runs_dir).resolve()
+    _check_writable(results_dir, "results dir")
+    _check_writable(runs_dir, "runs dir")
+    runs = []
+    for bb, ds, seed in itertools.product(backbones, datasets, seeds):
+        data = {k: v for k, v in (("source", data_source), ("root", data_root)) if v is not None}
+        cfg = config_mod.cell(bb, ds, preset=preset, seed=seed, data=data, cache_dir=cache_dir)
+        run_id = f"{bb}-{ds}-{preset}-s{seed}-{config_mod.config_hash(cfg)}"
+        params = {"backbone": bb, "dataset": ds, "preset": preset, "seed": seed,
+                  "data_source": cfg.data.source, "data_root": cfg.data.root, "results_dir": str(results_dir),
+                  "cache_dir": cache_dir, "run_id": run_id}
+        runs.append(Run(run_id, bb, ds, preset, seed, params, runs_dir / run_id))
+    return runs
+
+
+def _write_marker(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: Path = NOTEBOOKS_DIR,
+              kernel_name: str = "python3", progress: bool = True, log=print) -> BatchResult:
+    """Execute `notebooks` for every run with papermill; skip what is done, list what failed."""
+    import papermill
+
+    notebooks_dir = Path(notebooks_dir)
+    declared = {nb: _notebook_parameters(notebooks_dir / nb) for nb in notebooks}
+    jobs = [(run, nb, _check_types(notebooks_dir / nb, declared[nb], run.parameters))
+            for run in runs for nb in notebooks]  # every type checked before the first notebook starts
+    result = BatchResult()
+    bar = tqdm(jobs, desc="pqd batch", unit="notebook", disable=not progress, file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    for run, nb, params in bar:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        out = run.folder / nb
+        marker = run.folder / f"{nb}.done"
+        bar.set_postfix_str(f"{run.run_id} {nb}", refresh=False)
+        if marker.is_file():
+            result.skipped.append(out)
+            continue
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(notebooks_dir / nb), str(out), parameters=params,
+                                       kernel_name=kernel_name, progress_bar=False, cwd=str(notebooks_dir))
+        except Exception as exc:  # papermill raises its own error types and kernel errors alike
+            reason = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', str(exc))}"
+            result.failed.append((out, reason.splitlines()[0][:300]))
+            continue
+        _write_marker(marker, {"run_id": run.run_id, "notebook": nb, "seconds": round(time.perf_counter() - start, 2),
+                               "parameters": params})
+        result.executed.append(out)
+    bar.close()
+    log(f"pqd batch: {len(result.executed)} executed, {len(result.skipped)} already done, "
+        f"{len(result.failed)} failed")
+    for path, reason in result.failed:
+        log(f"  FAILED {path}\n         {reason}")
+    return result

@@ -1,0 +1,128 @@
+"""The papermill batch runner: planning errors, failures listed, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from pqd_lib import batch
+from pqd_lib import config as C
+
+# A stand-in notebook: it writes one record per seed under a deterministic name (as the real
+# notebooks do through pqd_lib.results), then optionally sleeps so a test can kill it mid-run.
+FAKE_SOURCE = [
+    ("code", 'backbone = "resnet18"\ndataset = "cifar10"\npreset = "smoke"\nseed = 0\n'
+             'data_source = "embedded"\ndata_root = None\nresults_dir = "results"\ncache_dir = None\nrun_id = "x"',
+     {"tags": ["parameters"]}),
+    ("code", "import json, os, pathlib, time\n"
+             "p = pathlib.Path(results_dir) / f'{run_id}-{NB}.json'\n"
+             "tmp = p.with_suffix('.tmp'); tmp.write_text(json.dumps({'run_id': run_id, 'nb': NB, 'seed': seed}))\n"
+             "os.replace(tmp, p)\n"
+             "time.sleep(float(os.environ.get('FAKE_SLEEP', '0')))\n"
+             "assert os.environ.get('FAKE_FAIL') != NB, 'asked to fail'", {}),
+]
+
+
+def _make_notebooks(folder: Path) -> Path:
+    folder.mkdir()
+    for nb_name in ("01_first.ipynb", "02_second.ipynb"):
+        nb = nbformat.v4.new_notebook()
+        for kind, src, meta in FAKE_SOURCE:
+            prefix = "" if meta else f"NB = {nb_name[:2]!r}\n"
+            nb.cells.append(nbformat.v4.new_code_cell(prefix + src, metadata=meta))
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / nb_name)
+    return folder
+
+
+def _batch_cmd(tmp_path: Path, seeds=("0", "1")) -> list[str]:
+    return [sys.executable, "-m", "pqd_lib.cli", "batch", "--backbone", "resnet18", "--dataset", "cifar10",
+            "--preset", "smoke", "--source", "embedded", "--seeds", *seeds, "--no-progress",
+            "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]
+
+
+def _env(notebooks: Path, **extra) -> dict:
+    return {**os.environ, "PQD_NOTEBOOKS": str(notebooks), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def test_plan_expands_all_cells_and_rejects_bad_input(tmp_path):
+    runs = batch.plan("all", "all", "smoke", [0], results_dir=tmp_path / "r", runs_dir=tmp_path / "runs")
+    assert {(r.backbone, r.dataset) for r in runs} == {(b, d) for b in batch.BACKBONES for d in batch.DATASETS}
+    assert len({r.run_id for r in runs}) == 6
+    with pytest.raises(batch.BatchError, match="'resnet50'"):
+        batch.plan("resnet50", "cifar10", "smoke", [0], results_dir=tmp_path / "r", runs_dir=tmp_path / "runs")
+    with pytest.raises(batch.BatchError, match="'huge'"):
+        batch.plan("resnet18", "cifar10", "huge", [0], results_dir=tmp_path / "r", runs_dir=tmp_path / "runs")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root ignores permissions: use a path under a file instead
+        locked = tmp_path / "a-file"
+        locked.write_text("")
+        locked = locked / "results"
+    with pytest.raises(batch.BatchError, match="not writable"):
+        batch.plan("resnet18", "cifar10", "smoke", [0], results_dir=locked, runs_dir=tmp_path / "runs")
+    with pytest.raises(C.ConfigError, match="data.source"):
+        batch.plan("resnet18", "cifar10", "smoke", [0], data_source="ftp", results_dir=tmp_path / "r",
+                   runs_dir=tmp_path / "runs")
+
+
+def test_wrong_parameter_type_is_refused_before_any_notebook(tmp_path):
+    notebooks = _make_notebooks(tmp_path / "nb")
+    runs = batch.plan("resnet18", "cifar10", "smoke", [0], results_dir=tmp_path / "r", runs_dir=tmp_path / "runs")
+    bad = [batch.Run(**{**r.__dict__, "parameters": {**r.parameters, "seed": "zero"}}) for r in runs]
+    with pytest.raises(batch.BatchError, match="seed='zero'.*int"):
+        batch.run_batch(bad, ["01_first.ipynb"], notebooks_dir=notebooks, progress=False, log=lambda *_: None)
+    assert not list((tmp_path / "runs").rglob("*.ipynb"))
+
+
+def test_notebook_selection(tmp_path):
+    notebooks = _make_notebooks(tmp_path / "nb")
+    assert batch.notebook_names(notebooks, "02") == ["02_second.ipynb"]
+    assert batch.notebook_names(notebooks, "01-02") == ["01_first.ipynb", "02_second.ipynb"]
+    with pytest.raises(batch.BatchError, match="matches none"):
+        batch.notebook_names(notebooks, "05-07")
+
+
+def test_failures_are_listed_and_the_batch_goes_on(tmp_path):
+    notebooks = _make_notebooks(tmp_path / "nb")
+    proc = subprocess.run(_batch_cmd(tmp_path), env=_env(notebooks, FAKE_FAIL="01"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stdout.count("FAILED") == 2 and "asked to fail" in proc.stdout
+    assert "2 executed, 0 already done, 2 failed" in proc.stdout
+    failed = [line.split("FAILED", 1)[1].strip() for line in proc.stdout.splitlines() if "FAILED" in line]
+    assert all(Path(p).is_file() and p.endswith("01_first.ipynb") for p in failed)  # papermill kept the outputs
+    # the failed notebooks are redone, the finished ones skipped
+    again = subprocess.run(_batch_cmd(tmp_path), env=_env(notebooks), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "2 executed, 2 already done, 0 failed" in again.stdout
+
+
+def test_sigkill_mid_batch_resumes_with_no_record_lost_or_duplicated(tmp_path):
+    notebooks = _make_notebooks(tmp_path / "nb")
+    results = tmp_path / "results"
+    proc = subprocess.Popen(_batch_cmd(tmp_path), env=_env(notebooks, FAKE_SLEEP="60"), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(results.glob("*.json")):
+        time.sleep(0.2)
+    assert list(results.glob("*.json")), "the first notebook never wrote its record"
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, with no chance to clean up
+    proc.wait()
+    assert not list((tmp_path / "runs").rglob("*.done"))
+
+    done = subprocess.run(_batch_cmd(tmp_path), env=_env(notebooks), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = [json.loads(p.read_text()) for p in results.glob("*.json")]
+    keys = sorted((str(r["seed"]), r["nb"]) for r in records)
+    assert keys == [("0", "01"), ("0", "02"), ("1", "01"), ("1", "02")]
+    assert len(list((tmp_path / "runs").rglob("*.done"))) == 4
+    assert not list(results.glob("*.tmp"))
