@@ -1,0 +1,42 @@
+"""pqd_lib: the reference companion of "Prune-Quantize-Distill: An Ordered Pipeline for Efficient
+Neural Network Compression" (Zhou & Shen 2026).
+
+Usage::
+
+    import pqd_lib
+    from pqd_lib import config, data
+    cfg = config.preset("smoke", data={"source": "embedded"})
+    splits = data.load(cfg.data, seed=cfg.seed)
+    int8_model, records = pqd_lib.compress(my_trained_cnn, splits, order="PQD", config=cfg)
+
+Importing the package has no side effects and imports nothing heavy: the public entry points
+below are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it; resolved lazily (PEP 562).
+_LAZY = {
+    "compress": "pipeline",
+    "run": "pipeline",
+    "STAGES": "pipeline",
+    "save_deploy": "deploy",
+    "load_deploy": "deploy",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

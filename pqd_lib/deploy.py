@@ -1,0 +1,180 @@
+"""Deploy artifacts: save a pipeline's final model, load it in a fresh process without pickled code.
+
+A deploy file is one ``torch.save`` of plain data -- architecture spec, form (``"fp32"`` or
+``"int8"``), quantization settings, state dict (quantized tensors included) and metadata -- and
+:func:`load_deploy` reads it with ``torch.load(..., weights_only=True)``, so loading runs no code
+from the file. The module is rebuilt instead:
+
+* FP32: ``models.build(**arch)`` (or the caller's `build_fn`), then ``load_state_dict``; pruning
+  masks were folded into the weights before saving, so the zeros are in the weights themselves.
+* INT8: the same FP32 architecture is put through the same FX prepare/convert as stage Q
+  (:func:`pqd_lib.stages.quantize.int8_skeleton`, same backend and activation range), which gives
+  a converted module of identical structure, and the INT8 state dict (quantized weights, scales,
+  zero points, the input quantizer's scale) is loaded into it.
+
+Networks outside the registry (e.g. a user's model given to ``pqd_lib.compress``) cannot be rebuilt
+from a name: pass ``build_fn`` returning a fresh FP32 instance of the architecture.
+This is the loader of the latency measurement's child process; its signature is kept stable.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import train
+from .stages import prune as prune_stage
+from .stages import quantize as quantize_stage
+
+__all__ = ["FORMAT", "DeployError", "save_deploy", "load_deploy", "read_deploy_info"]
+
+#: Format tag inside every deploy file; bumped if the layout changes.
+FORMAT = "pqd-deploy/1"
+_FORMS = ("fp32", "int8")
+
+
+class DeployError(ValueError):
+    """A deploy file is missing, unreadable, of another architecture, or does not fit the model."""
+
+
+def _describe(arch: dict[str, Any]) -> str:
+    extra = ", ".join(f"{k} {v}" for k, v in arch.items() if k != "name")
+    return f"{arch.get('name')}" + (f" ({extra})" if extra else "")
+
+
+def save_deploy(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, Any], form: str,
+                backend: str = "x86", reduce_range: bool = False, input_shape: tuple[int, ...] = (1, 3, 32, 32),
+                metadata: dict[str, Any] | None = None) -> Path:
+    """Atomically write `model`'s deploy file (plain tensors and data only); return its path.
+
+    Args:
+        model: the deploy form from the pipeline: an FP32 module (masks are left out; the zeros are
+            in the weights) or a converted INT8 module.
+        arch: the architecture spec, e.g. ``train.arch_spec(cfg)`` = ``{"name", "num_classes", "width"}``.
+        form: ``"fp32"`` or ``"int8"``; must match `model`.
+        backend, reduce_range: the quantized engine and activation range the INT8 model was made
+            with (``cfg.quantize``); :func:`load_deploy` rebuilds the same structure with them.
+        input_shape: an input shape for FX tracing when rebuilding (values irrelevant).
+        metadata: plain values (str, numbers, lists, dicts) stored alongside, e.g. accuracy, run id.
+
+    Raises:
+        DeployError: `form` unknown or not the model's (an INT8 file needs a converted model).
+    """
+    if form not in _FORMS:
+        raise DeployError(f"form: {form!r} is not allowed; choose 'fp32' or 'int8'")
+    is_int8 = quantize_stage.is_int8(model)
+    if quantize_stage.is_fake_quant(model):
+        raise DeployError("save_deploy: the model is QAT-prepared (fake-quant); convert it first "
+                          "(pipeline.deploy_form or stages.quantize.convert)")
+    if is_int8 != (form == "int8"):
+        raise DeployError(f"save_deploy: form {form!r} but the model is {'INT8' if is_int8 else 'FP32'}")
+    state = prune_stage.without_masks(model.state_dict())
+    payload = {"format": FORMAT, "arch": dict(arch), "form": form,
+               "quantize": {"backend": backend, "reduce_range": bool(reduce_range),
+                            "input_shape": [int(s) for s in input_shape]},
+               "state_dict": state, "metadata": dict(metadata or {}), "torch_version": str(torch.__version__)}
+    return train.atomic_save(payload, path)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DeployError(f"{path}: deploy file not found")
+    try:
+        with warnings.catch_warnings():
+            # Restoring quantized tensors goes through torch's own TypedStorage path.
+            warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, foreign or corrupt files raise several types
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # weights_only refusals put the reason on a later line.
+        reason = next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0] if lines else "")
+        raise DeployError(f"{path}: not a readable pqd deploy file ({type(exc).__name__}: {reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("form") not in _FORMS:
+        raise DeployError(f"{path}: not a pqd deploy file (expected format {FORMAT!r})")
+    return payload
+
+
+def read_deploy_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The deploy file's arch, form, quantize settings and metadata, without building the model."""
+    payload = _read(Path(path))
+    return {k: payload.get(k) for k in ("arch", "form", "quantize", "metadata", "torch_version")}
+
+
+def load_deploy(path: str | os.PathLike, *, build_fn: Callable[[], nn.Module] | None = None,
+                arch: dict[str, Any] | None = None) -> nn.Module:
+    """Rebuild the deploy model saved by :func:`save_deploy` (eval mode, CPU); no code is unpickled.
+
+    Args:
+        path: the deploy file.
+        build_fn: returns a fresh FP32 instance of the architecture; needed for networks outside
+            ``pqd_lib.models`` (registry models are rebuilt from the file's ``arch``).
+        arch: the architecture the caller expects; a file of another architecture is an error.
+
+    Raises:
+        DeployError: missing or corrupt file, another architecture than `arch`, a non-registry
+            architecture without `build_fn`, or a state dict that does not fit the built model
+            (the message names the path and both architectures).
+    """
+    from . import models
+
+    path = Path(path)
+    payload = _read(path)
+    saved = payload.get("arch") or {}
+    if arch is not None and dict(arch) != saved:
+        raise DeployError(f"{path}: deploy file is for {_describe(saved)}, but {_describe(dict(arch))} was expected")
+    if build_fn is not None:
+        model = build_fn()
+    elif saved.get("name") in models.MODELS:
+        model = models.build(**saved)
+    else:
+        raise DeployError(f"{path}: architecture {_describe(saved)} is not in pqd_lib.models; "
+                          "pass build_fn returning a fresh instance of it")
+    built = _describe(arch if arch is not None else train.arch_spec(model))
+    if payload["form"] == "int8":
+        q = payload.get("quantize") or {}
+        try:
+            model = quantize_stage.int8_skeleton(model, backend=q.get("backend", "x86"),
+                                                 reduce_range=bool(q.get("reduce_range", False)),
+                                                 input_shape=tuple(q.get("input_shape", (1, 3, 32, 32))))
+        except quantize_stage.BackendError as exc:
+            raise DeployError(f"{path}: {exc}") from None
+    state = payload["state_dict"]
+    # Quantized modules load weights of any shape without complaint: compare shapes first.
+    mismatch = _first_mismatch(_shapes(model.state_dict()), _shapes(state))
+    if mismatch is None:
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError) as exc:
+            mismatch = str(exc).splitlines()[0][:160]
+    if mismatch is not None:
+        raise DeployError(f"{path}: deploy file holds {_describe(saved)} and does not fit the built model {built} "
+                          f"({mismatch})")
+    return model.cpu().eval()
+
+
+def _shapes(state: dict[str, Any]) -> dict[str, Any]:
+    def shape(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return tuple(v.shape)
+        if isinstance(v, (tuple, list)):
+            return tuple(shape(x) for x in v)
+        return type(v).__name__
+
+    return {k: shape(v) for k, v in state.items()}
+
+
+def _first_mismatch(expected: dict[str, Any], got: dict[str, Any]) -> str | None:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    if missing or unexpected:
+        return f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
+    for k in expected:
+        if expected[k] != got[k]:
+            return f"{k}: shape {got[k]} in the file, {expected[k]} in the model"
+    return None

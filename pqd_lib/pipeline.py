@@ -1,0 +1,253 @@
+"""The ordered pipeline of Zhou & Shen (2026): an order string over P, Q, D -> stages -> deploy form.
+
+``order`` is a string over the letters of :data:`STAGES` (P = prune, Q = quantize, D = distill),
+each at most once, run left to right: 3 single stages, 6 pairs, 6 full orders. The paper's
+pipeline is ``"PQD"``; the order ablation loops over ``itertools.permutations("PQD")``.
+
+Epochs (``cfg.pipeline.epochs``, the paper's 20/40/40) are allocated ``by_stage`` (P, Q, D get
+``epochs[0]``, ``[1]``, ``[2]`` wherever they run) or ``by_position`` (the first, second and
+third stage run get ``epochs[0..2]``); each record says which.
+
+State that outlives a stage travels in a :class:`~pqd_lib.stages.StageContext`: P's masks are
+re-applied after every optimiser step of every later stage and carried across Q's QAT prepare;
+after Q every stage trains the fake-quant model (a P after Q prunes its float weights) and
+evaluates with observers paused; D reads the frozen teacher. At the end the model takes its
+deploy form: a real INT8 model (``convert_fx``) when Q ran, else FP32 -- sparse when P ran,
+with the mask buffers folded away so its state dict loads into a freshly built network.
+
+Every stage appends one record (a flat dict, plus the stage's training history): order, stage,
+position, epochs, test top-1 after the stage, achieved sparsity, wall time. The last record adds
+the deploy form's accuracy (evaluated on the CPU) and, for INT8, its agreement with and SQNR
+against the fake-quant twin.
+
+Resuming: a killed pipeline restarts from its input (the FP32 baseline is cached by
+``train.train_baseline``, so only the stages rerun); per-stage checkpoints are not written.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import config as config_mod
+from . import data as data_mod
+from . import train
+from .config import RunConfig
+from .stages import StageContext
+from .stages import distill as distill_stage
+from .stages import prune as prune_stage
+from .stages import quantize as quantize_stage
+
+__all__ = ["STAGES", "allocate_epochs", "deploy_form", "run_stages", "run", "compress"]
+
+Stage = Callable[[nn.Module, RunConfig, data_mod.DataSplits, StageContext], nn.Module]
+
+#: Letter -> stage function. Its key order (P, Q, D) is also the order of ``pipeline.epochs`` in by_stage.
+STAGES: dict[str, Stage] = {
+    "P": prune_stage.prune,
+    "Q": quantize_stage.quantize,
+    "D": distill_stage.distill,
+}
+
+
+def _validated(cfg: RunConfig, order: str | None) -> RunConfig:
+    """`cfg` with `order` (validated by the config's own rules: one-line ConfigError) set."""
+    if order is None or order == cfg.pipeline.order:
+        return cfg
+    return config_mod.with_section(cfg, "pipeline", order=order)
+
+
+def allocate_epochs(order: str, epochs: tuple[int, int, int], allocation: str) -> list[int]:
+    """Epochs of each stage of `order`, in run order.
+
+    ``by_stage``: letter L gets ``epochs[list(STAGES).index(L)]`` (P, Q, D = 20/40/40 in the paper);
+    ``by_position``: the i-th stage run gets ``epochs[i]``.
+    """
+    slots = list(STAGES)
+    if allocation == "by_stage":
+        return [epochs[slots.index(letter)] for letter in order]
+    if allocation == "by_position":
+        return [epochs[i] for i in range(len(order))]
+    raise config_mod.ConfigError(f"pipeline.allocation: {allocation!r} is not allowed; "
+                                 "choose 'by_stage', 'by_position'")
+
+
+def deploy_form(model: nn.Module, *, backend: str = "x86") -> tuple[nn.Module, str]:
+    """The deployable form of a pipeline's final model: ``(int8_model, "int8")`` or ``(fp32_model, "fp32")``.
+
+    A QAT-prepared model is converted to real INT8 (:func:`~pqd_lib.stages.quantize.convert`);
+    otherwise a copy with masks folded into the weights (:func:`~pqd_lib.stages.prune.remove_masks`).
+    Both on the CPU, in eval mode, contiguous; `model` itself is left as it is.
+    """
+    if quantize_stage.is_fake_quant(model):
+        return quantize_stage.convert(model, backend=backend), "int8"
+    fp32 = prune_stage.remove_masks(copy.deepcopy(model))
+    return fp32.cpu().to(memory_format=torch.contiguous_format).eval(), "fp32"
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return quantize_stage.int8_weights(model) or prune_stage.float_weights(model)
+
+
+def _target_names(model: nn.Module, cfg: RunConfig) -> list[str]:
+    """The layers sparsity is reported over: the masked ones, else those P would prune."""
+    masked = list(prune_stage.masks(model))
+    if masked:
+        return masked
+    return list(prune_stage.prunable_layers(model, prune_first_conv=cfg.prune.prune_first_conv,
+                                            prune_classifier=cfg.prune.prune_classifier))
+
+
+def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, order: str | None = None,
+               teacher: nn.Module | None = None, progress: bool | None = None,
+               extra_record: dict[str, Any] | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Run the stages of `order` (default ``cfg.pipeline.order``) on a copy of `model`; return (deploy model, records).
+
+    `model` is the trained starting point (not changed); `teacher` is required when D is in the order
+    (the frozen FP32 baseline, Zhou & Shen 2026). `extra_record` fields are added to every record.
+
+    Raises:
+        ConfigError: a bad order (unknown or repeated letter, empty).
+        TeacherError: D without a teacher, or a teacher with another number of classes.
+        BackendError: Q without the configured quantized engine (lists the available ones).
+    """
+    cfg = _validated(cfg, order)
+    order = cfg.pipeline.order
+    epochs = allocate_epochs(order, cfg.pipeline.epochs, cfg.pipeline.allocation)
+    device = train.resolve_device(cfg.train.device)
+    # Fail before any training on what can be checked up front.
+    if "Q" in order:
+        quantize_stage.check_backend(cfg.quantize.backend)
+    if "D" in order:
+        if teacher is None:
+            raise distill_stage.TeacherError("distill: D is in the order but no teacher was given")
+        teacher = distill_stage.frozen_teacher(teacher, device=device, channels_last=cfg.train.channels_last)
+        distill_stage.check_teacher(teacher, data)
+    else:
+        teacher = None
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(model).to(device)
+    ctx = StageContext(order=order, teacher=teacher, progress=progress)
+    eval_kw = dict(batch_size=cfg.train.eval_batch_size, channels_last=cfg.train.channels_last)
+    start_top1 = train.evaluate(model, data, **eval_kw)["top1"]
+    base = {"order": order, "allocation": cfg.pipeline.allocation, "seed": cfg.seed,
+            "run_id": config_mod.run_id(cfg, order), "start_top1": start_top1, **(extra_record or {})}
+    records: list[dict[str, Any]] = []
+    for position, (letter, stage_epochs) in enumerate(zip(order, epochs)):
+        ctx.position, ctx.epochs, ctx.history, ctx.extra = position, stage_epochs, [], {}
+        start = time.perf_counter()
+        model = STAGES[letter](model, cfg, data, ctx)
+        wall = time.perf_counter() - start
+        with ctx.evaluation(model):
+            test = train.evaluate(model, data, **eval_kw)
+        sparsity = prune_stage.sparsity_of(_weights(model), _target_names(model, cfg))
+        records.append({**base, "stage": letter, "stage_name": STAGES[letter].__name__, "position": position + 1,
+                        "epochs": stage_epochs, "top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"],
+                        "sparsity": sparsity["sparsity"], "overall_sparsity": sparsity["overall_sparsity"],
+                        "masked_layers": len(prune_stage.masks(model)),
+                        "form": "fake_quant" if ctx.fake_quant else "fp32", "wall_s": wall,
+                        "history": list(ctx.history), "details": dict(ctx.extra)})
+    names = _target_names(model, cfg)
+    start = time.perf_counter()
+    deploy, form = deploy_form(model, backend=cfg.quantize.backend)
+    convert_s = time.perf_counter() - start
+    final = train.evaluate(deploy, data, batch_size=cfg.train.eval_batch_size, device=torch.device("cpu"))
+    sparsity = prune_stage.sparsity_of(_weights(deploy), names)
+    records[-1].update({"deploy_form": form, "deploy_top1": final["top1"], "deploy_top5": final["top5"],
+                        "deploy_device": "cpu", "deploy_sparsity": sparsity["sparsity"],
+                        "deploy_overall_sparsity": sparsity["overall_sparsity"], "convert_s": convert_s})
+    if form == "int8":
+        fid = quantize_stage.fidelity(model, deploy, data, batch_size=cfg.train.eval_batch_size)
+        records[-1].update({"fake_quant_top1": fid["fake_quant_top1"], "int8_agreement": fid["agreement"],
+                            "int8_sqnr_db": fid["sqnr_db"]})
+    return deploy, records
+
+
+def run(cfg: RunConfig | None = None, data: data_mod.DataSplits | None = None, *, order: str | None = None,
+        progress: bool | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Compress a registry backbone: start from its cached FP32 baseline, run the order, return (deploy, records).
+
+    The baseline (``train.train_baseline``: trained once per seed/data/model/schedule, then cached)
+    is both the starting point and, when D runs, the teacher -- unless ``cfg.distill.teacher``
+    names another checkpoint. Records carry ``baseline_top1``.
+    """
+    cfg = _validated(cfg or RunConfig(), order)
+    if "Q" in cfg.pipeline.order:
+        quantize_stage.check_backend(cfg.quantize.backend)  # before the (long) baseline
+    if data is None:
+        data = data_mod.load(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_path)
+    baseline, info = train.train_baseline(cfg, data, progress=progress)
+    teacher = None
+    if "D" in cfg.pipeline.order:
+        teacher = distill_stage.load_teacher(cfg.distill.teacher) if cfg.distill.teacher else baseline
+    extra = {"arch": train.arch_spec(cfg), "baseline_top1": (info.get("test") or {}).get("top1"),
+             "data_source": data.source}
+    return run_stages(baseline, cfg, data, teacher=teacher, progress=progress, extra_record=extra)
+
+
+def _fresh_copy(model: nn.Module, seed: int) -> nn.Module:
+    """The same architecture with freshly initialised weights (``reset_parameters`` of every submodule)."""
+    fresh = copy.deepcopy(model)
+    prune_stage.remove_masks(fresh)
+    torch.manual_seed(seed)
+    for m in fresh.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return fresh
+
+
+def compress(model: nn.Module, data: data_mod.DataSplits, order: str = "PQD", teacher: nn.Module | None = None,
+             config: RunConfig | None = None, *,
+             progress: bool | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Compress a trained `model` with the ordered pipeline of Zhou & Shen (2026); return (deploy_model, records).
+
+    Args:
+        model: the trained FP32 network to start from (left unchanged). It must trace with
+            ``torch.fx`` when Q is in the order (conv-BN-ReLU as modules in fusable order, residual
+            additions through ``FloatFunctional``).
+        data: a :class:`~pqd_lib.data.DataSplits` (e.g. ``data.load(...)`` or ``DataSplits.from_tensors``).
+        order: letters P (prune), Q (quantize), D (distill), each at most once, run left to right.
+        teacher: the FP32 teacher for D. None with D in the order: ``config.distill.teacher`` if set,
+            else an FP32 baseline of `model`'s architecture (freshly initialised) trained with
+            ``train.train_baseline`` under ``config.train`` and cached.
+        config: a :class:`~pqd_lib.config.RunConfig` (e.g. ``config.preset("smoke")``); None = defaults
+            (the paper's protocol).
+
+    Returns:
+        The deploy form (real INT8 when Q ran, else FP32, sparse when P ran; CPU, eval mode) and one
+        record per stage (the last with the deploy accuracy).
+
+    Raises:
+        ConfigError: a bad `order` (unknown or repeated letter, empty) -- before anything runs.
+        TeacherError: the model or the teacher outputs another number of classes than `data` has.
+        BackendError: Q without the configured quantized engine.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compress: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(data, data_mod.DataSplits):
+        raise TypeError(f"compress: data must be a pqd_lib.data.DataSplits, got {type(data).__name__}; "
+                        "use DataSplits.from_tensors(...) for your own tensors")
+    cfg = config if config is not None else RunConfig()
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"compress: config must be a RunConfig or None, got {type(cfg).__name__}")
+    if not isinstance(order, str):
+        raise config_mod.ConfigError(f"pipeline.order: {order!r} is not a string; use letters P, Q, D (e.g. 'PQD')")
+    cfg = config_mod.with_section(cfg, "pipeline", order=order)
+    if "Q" in order:
+        quantize_stage.check_backend(cfg.quantize.backend)
+    distill_stage.check_teacher(model, data, where="compress", role="model")
+    if teacher is not None and "D" in order:
+        distill_stage.check_teacher(teacher, data, where="compress")
+    if "D" in order and teacher is None:
+        if cfg.distill.teacher:
+            teacher = distill_stage.load_teacher(cfg.distill.teacher, build_fn=lambda: _fresh_copy(model, cfg.seed))
+        else:
+            teacher, _ = train.train_baseline(cfg, data, model=_fresh_copy(model, cfg.seed), progress=progress)
+    extra = {"arch": train.arch_spec(model), "data_source": data.source}
+    return run_stages(model, cfg, data, teacher=teacher, progress=progress, extra_record=extra)

@@ -1,0 +1,437 @@
+"""Q: INT8 quantization-aware training for the x86 CPU backend, and conversion to a real INT8 model.
+
+Stage Q of Zhou & Shen (2026). The model is traced and prepared for QAT with PyTorch's FX graph
+mode (``torch.ao.quantization.quantize_fx.prepare_qat_fx``): conv-BN(-ReLU) are fused into QAT
+modules that fold BatchNorm into the weight and fake-quantize it (Jacob et al. 2018, "Quantization
+and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference", Sec. 3), and
+every activation gets a fake-quant. Training then follows torchvision's QAT reference recipe
+(``references/classification/train_quantization.py``): observers are frozen after a fraction
+``freeze_observers_after`` of the stage (``model.apply(torch.ao.quantization.disable_observer)``)
+and BatchNorm statistics after ``freeze_bn_after``
+(``model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)``); we count in optimiser steps, not
+whole epochs, so the fractions mean something in 1- or 2-epoch CPU stages. At the end of the
+pipeline :func:`convert` turns the fake-quant model into a real INT8 model (``convert_fx``)
+whose convolutions and linear layer run quantized x86 kernels (``quantized::conv2d``, ...).
+
+The quantization scheme (:func:`qconfig_mapping`): weights INT8 (``qint8``, -128..127),
+per-output-channel symmetric (zero point 0, so a pruned 0 stays the integer 0); activations
+``quint8`` per-tensor affine over the full 0..255. That is the spec, and it differs from
+``get_default_qat_qconfig_mapping("x86")`` in two places, both deliberate:
+
+* torch's x86 default reduces activations to 0..127 (``reduce_range=True``) because fbgemm's
+  u8 x s8 kernels can saturate 16-bit intermediate sums on x86 CPUs *without VNNI*. The kernels
+  still clamp to 0..255, so 7-bit QAT and its INT8 model disagree on large activations:
+  measured (ResNet-18 width 0.125, embedded CIFAR-10, 1 QAT epoch) logit SQNR INT8 vs fake-quant
+  30.5 dB / top-1 agreement 98.8 % with 0..127, 45.3 dB / 99.6 % with 0..255. We default to the full
+  range and warn when the CPU lacks VNNI; ``cfg.quantize.reduce_range=True`` restores 0..127.
+* its *fused* per-channel weight fake-quant stores the symmetric scale as max|w| / 127 while
+  ``convert_fx`` quantizes with the observer's max|w| / 127.5, so about one INT8 weight in five
+  lands one step away from what QAT trained (measured with 0..127 activations: SQNR 26 dB and
+  agreement 95.5 % fused, 30.5 dB and 98.8 % unfused). We use the unfused
+  ``FakeQuantize`` with the same observer (``MovingAveragePerChannelMinMaxObserver``), whose scale
+  is exactly the one ``convert_fx`` uses.
+
+The mapping's special cases (fixed-qparams ops, reshape, transposed convs) are kept.
+
+Why ``torch.ao`` FX rather than its successor PT2E (``torchao``): on torch 2.14.1 the FX path
+works (it only warns that it is deprecated) and gives the real CPU speed-up with the least
+machinery -- measured on the project's CPU (ResNet-18 CIFAR, batch 1, 1 thread): FP32 eager
+19.8 ms, FX INT8 4.3 ms, PT2E-converted 45 ms eager and 3.7 ms only under ``torch.compile``,
+ONNX Runtime INT8 3.3 ms. Every use of the quantization API is in this module, so moving to PT2E
+is a local change; the deprecation warnings are silenced here only, inside each call
+(:func:`_quiet`), never globally.
+
+Learning rate: ``cfg.quantize.lr = 0.001``, the config's default and a hundredth of the baseline
+rate: QAT only fine-tunes. torchvision's QAT reference uses 1e-4 at batch 32 per GPU; the config
+comment on ``QuantizeConfig.lr`` says how it scales that to batch 128.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import StageContext
+
+__all__ = [
+    "BackendError",
+    "check_backend",
+    "qconfig_mapping",
+    "example_inputs",
+    "prepare_qat",
+    "freeze_observers",
+    "freeze_bn_stats",
+    "observers_paused",
+    "calibrate",
+    "convert",
+    "int8_skeleton",
+    "is_fake_quant",
+    "is_int8",
+    "int8_weights",
+    "fidelity",
+    "qat_schedule",
+    "quantize",
+]
+
+# Observer passes before training when observers would otherwise never see data
+# (a 0-epoch Q stage, or freeze_observers_after = 0): a few batches fix sane ranges.
+_CALIBRATION_BATCHES = 8
+
+
+class BackendError(RuntimeError):
+    """The requested quantized engine is not available in this torch build / on this machine."""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence torch.ao's deprecation chatter for the duration of one call (and nothing else)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated")
+        warnings.filterwarnings("ignore", message=r"Please use quant_min and quant_max")
+        # A converted skeleton (int8_skeleton) computes qparams from untouched observers; the
+        # values are overwritten by the loaded state dict at once.
+        warnings.filterwarnings("ignore", message=r"must run observer before calling calculate_qparams")
+        yield
+
+
+def check_backend(backend: str) -> None:
+    """Raise :class:`BackendError` (one line, listing the available engines) unless `backend` is usable."""
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    if backend not in engines:
+        raise BackendError(f"quantize.backend: {backend!r} is not a quantized engine of this torch build/machine; "
+                           f"available: {', '.join(engines) or 'none'}")
+
+
+def _use_backend(backend: str, reduce_range: bool | None = None) -> None:
+    check_backend(backend)
+    # Process-wide on purpose: INT8 weights are packed for, and must run on, this engine.
+    torch.backends.quantized.engine = backend
+    if reduce_range is False and backend in ("x86", "fbgemm", "onednn") and not _has_vnni():
+        warnings.warn("quantize: full-range uint8 activations on an x86 CPU without VNNI: the INT8 kernels can "
+                      "saturate (pytorch/pytorch#103646); set quantize.reduce_range=true on this machine",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _has_vnni() -> bool:
+    try:
+        caps = torch.cpu.get_capabilities()
+    except Exception:  # not an x86 build, or an older torch: nothing known, nothing to warn about
+        return True
+    if caps.get("architecture", "x86_64") not in ("x86_64", "x86", "AMD64"):
+        return True
+    return bool(caps.get("avx512_vnni") or caps.get("avx_vnni"))
+
+
+def qconfig_mapping(backend: str = "x86", *, reduce_range: bool = False) -> Any:
+    """The QAT ``QConfigMapping``: per-channel symmetric qint8 weights, per-tensor affine quint8 activations.
+
+    Starts from ``get_default_qat_qconfig_mapping(backend)`` (keeping its special cases) and
+    replaces its default qconfig wherever used: activations quint8, per-tensor affine, 0..255
+    (0..127 with `reduce_range`), moving-average min/max; weights qint8 -128..127,
+    ``per_channel_symmetric``, moving-average per-channel min/max, unfused (see the module text).
+    """
+    from torch.ao.quantization import QConfig, get_default_qat_qconfig_mapping
+    from torch.ao.quantization.fake_quantize import (FakeQuantize, FusedMovingAvgObsFakeQuantize,
+                                                     default_per_channel_weight_fake_quant)
+    from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+
+    with _quiet():
+        mapping = get_default_qat_qconfig_mapping(backend)
+        default = mapping.global_qconfig
+        act = FusedMovingAvgObsFakeQuantize.with_args(
+            observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=127 if reduce_range else 255,
+            dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+        # Not the default's *fused* weight fake-quant: its kernel stores the symmetric scale as
+        # max|w| / 127 while convert_fx quantizes with the observer's max|w| / 127.5, so ~1 in 5
+        # INT8 weights would land one step away from what training saw (measured on torch 2.14.1:
+        # logit SQNR INT8 vs fake-quant 26 dB -> see tests). The unfused FakeQuantize computes its
+        # scale with the observer's own calculate_qparams, exactly what convert uses.
+        weight = FakeQuantize.with_args(
+            observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+            dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        assert default_per_channel_weight_fake_quant.p.keywords["qscheme"] == torch.per_channel_symmetric
+
+        def swap(q: Any) -> Any:
+            if q is None or q.activation is not default.activation:
+                return q
+            return QConfig(activation=act, weight=weight if q.weight is default.weight else q.weight)
+
+        mapping.set_global(swap(mapping.global_qconfig))
+        for key, q in list(mapping.object_type_qconfigs.items()):
+            mapping.set_object_type(key, swap(q))
+    return mapping
+
+
+def example_inputs(data: Any, device: torch.device | str = "cpu") -> tuple[torch.Tensor]:
+    """One zero image shaped like `data`'s images, for FX tracing (values do not matter)."""
+    return (torch.zeros(1, *data.x_train.shape[1:], device=device),)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def prepare_qat(model: nn.Module, *, backend: str = "x86", reduce_range: bool = False,
+                example_inputs: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
+    """FX graph-mode QAT prepare of a copy of `model` (the input is left untouched); returns it in train mode.
+
+    Fuses conv-BN(-ReLU) into QAT modules named like the conv and inserts fake-quants with
+    :func:`qconfig_mapping`. Module state that is not a parameter of a standard module (e.g.
+    pruning masks) does not survive: the caller carries it (``StageContext.on_new_model``).
+
+    Raises:
+        BackendError: `backend` is not among ``torch.backends.quantized.supported_engines``.
+        ValueError: `model` is already fake-quantized or converted.
+    """
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    _use_backend(backend, reduce_range)
+    if is_fake_quant(model) or is_int8(model):
+        raise ValueError("quantize: the model is already quantization-aware or INT8; Q runs at most once")
+    model = copy.deepcopy(model).train()
+    if example_inputs is None:
+        example_inputs = (torch.zeros(1, 3, 32, 32, device=_device_of(model)),)
+    with _quiet():
+        return prepare_qat_fx(model, qconfig_mapping(backend, reduce_range=reduce_range), example_inputs)
+
+
+def freeze_observers(model: nn.Module) -> None:
+    """Stop updating quantization ranges (torchvision QAT recipe: after ``num_observer_update_epochs``)."""
+    from torch.ao.quantization import disable_observer
+
+    model.apply(disable_observer)
+
+
+def freeze_bn_stats(model: nn.Module) -> None:
+    """Stop updating BatchNorm running statistics of the fused QAT modules (torchvision QAT recipe)."""
+    from torch.ao.nn.intrinsic.qat import freeze_bn_stats as _freeze
+
+    model.apply(_freeze)
+
+
+@contextlib.contextmanager
+def observers_paused(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block no observer updates its range (restored afterwards): evaluation must not
+    move quantization ranges with test images (a fake-quant observes in eval mode too)."""
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+    fqs = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    saved = [m.observer_enabled.clone() for m in fqs]
+    for m in fqs:
+        m.disable_observer()
+    try:
+        yield model
+    finally:
+        for m, s in zip(fqs, saved):
+            m.observer_enabled.copy_(s)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, data: Any, *, batches: int = _CALIBRATION_BATCHES, batch_size: int = 128,
+              channels_last: bool = False) -> None:
+    """Let the observers of a prepared model see `batches` un-augmented training batches (eval mode)."""
+    from .. import data as data_mod
+
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    it = data_mod.batches(data, "train", batch_size, shuffle=False, augment=False, device=device,
+                          channels_last=channels_last)
+    for i, (images, _) in enumerate(it):
+        if i >= batches:
+            break
+        model(images)
+    model.train(was_training)
+
+
+def convert(model: nn.Module, *, backend: str = "x86") -> nn.Module:
+    """The real INT8 model of a QAT-prepared `model` (``convert_fx`` on a CPU copy; `model` is untouched).
+
+    BatchNorm is folded into the conv weights, weights are quantized with their observers' per-channel
+    scales (zero point 0), and conv/linear/add run as ``quantized::`` x86 kernels. Returned in eval
+    mode, on the CPU, in contiguous memory format.
+    """
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    _use_backend(backend)
+    if not is_fake_quant(model):
+        raise ValueError("quantize.convert: the model is not QAT-prepared (run prepare_qat / stage Q first)")
+    twin = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
+    with _quiet():
+        return convert_fx(twin).eval()
+
+
+def int8_skeleton(model: nn.Module, *, backend: str = "x86", reduce_range: bool = False,
+                  input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> nn.Module:
+    """An INT8 module with the structure :func:`convert` gives for this architecture, to load a state dict into.
+
+    Prepares and converts a freshly built FP32 `model` with the same qconfig; its quantized values are
+    placeholders until ``load_state_dict`` (used by :func:`pqd_lib.deploy.load_deploy`).
+    """
+    prepared = prepare_qat(model.cpu(), backend=backend, reduce_range=reduce_range,
+                           example_inputs=(torch.zeros(*input_shape),))
+    with torch.no_grad(), _quiet():
+        prepared.eval()(torch.zeros(*input_shape))  # gives the observers a range: no inf scales
+    return convert(prepared, backend=backend)
+
+
+def is_fake_quant(model: nn.Module) -> bool:
+    """True for a QAT-prepared model (it contains fake-quant modules)."""
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+    return any(isinstance(m, FakeQuantizeBase) for m in model.modules())
+
+
+def int8_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The integer weights (``int_repr()``) of every quantized conv/linear module, by qualified name."""
+    out = {}
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if callable(w) and not isinstance(w, torch.Tensor):
+            try:
+                t = w()
+            except Exception:  # a module whose weight() is not the quantized accessor
+                continue
+            if isinstance(t, torch.Tensor) and t.is_quantized:
+                out[name] = t.int_repr()
+    return out
+
+
+def is_int8(model: nn.Module) -> bool:
+    """True for a converted model with quantized conv/linear weights."""
+    return bool(int8_weights(model))
+
+
+@torch.no_grad()
+def fidelity(fake_quant: nn.Module, int8: nn.Module, data: Any, *, batch_size: int = 512) -> dict[str, float]:
+    """How closely the INT8 model reproduces its fake-quant twin on the test images.
+
+    Returns top-1 of each, their top-1 agreement (%), and the SQNR of the INT8 logits against the
+    fake-quant logits, ``10 log10(sum f^2 / sum (f - q)^2)`` in dB. The fake-quant model runs on its
+    device with observers paused, the INT8 model on the CPU; both in eval mode.
+    """
+    from .. import data as data_mod
+
+    dev = _device_of(fake_quant)
+    was_training = fake_quant.training
+    fake_quant.eval()
+    int8.eval()
+    agree = correct_f = correct_q = n = 0
+    signal = noise = 0.0
+    with observers_paused(fake_quant):
+        for images, targets in data_mod.batches(data, "test", batch_size, shuffle=False, augment=False):
+            f = fake_quant(images.to(dev)).float().cpu()
+            q = int8(images).float()
+            agree += int((f.argmax(1) == q.argmax(1)).sum())
+            correct_f += int((f.argmax(1) == targets).sum())
+            correct_q += int((q.argmax(1) == targets).sum())
+            signal += float((f.double() ** 2).sum())
+            noise += float(((f.double() - q.double()) ** 2).sum())
+            n += len(targets)
+    fake_quant.train(was_training)
+    sqnr = math.inf if noise == 0 else 10.0 * math.log10(signal / noise)
+    return {"agreement": 100.0 * agree / max(n, 1), "sqnr_db": sqnr,
+            "fake_quant_top1": 100.0 * correct_f / max(n, 1), "int8_top1": 100.0 * correct_q / max(n, 1)}
+
+
+def qat_schedule(model: nn.Module, total_steps: int, steps_per_epoch: int, *, freeze_observers_after: float,
+                 freeze_bn_after: float) -> tuple[list[Callable[[], None]], list[Callable[[int], None]]]:
+    """torchvision's QAT freezing recipe for one stage's training of a fake-quant model: its hooks.
+
+    At the stage's start observers and BatchNorm statistics are (re-)enabled; observers freeze after
+    ``round(freeze_observers_after * total_steps)`` optimiser steps and BN statistics after
+    ``round(freeze_bn_after * total_steps)`` (torchvision freezes after whole epochs; steps keep the
+    fractions meaningful in 1- or 2-epoch stages). Stage Q registers this in
+    ``StageContext.stage_hooks``, so it also governs every later stage that trains the fake-quant
+    model: kept frozen from the end of Q, BN statistics cannot follow what P (half the weights
+    zeroed) or D (lr 0.01) do to the activations -- measured on the mini preset, D after Q fell
+    from 61 % to 24 % top-1 in one epoch with everything frozen, and stayed at 61 % with this.
+    Returns ``(after_step hooks, on_epoch_start hooks)`` for :func:`pqd_lib.train.fit`.
+    """
+    from torch.ao.nn.intrinsic.qat import update_bn_stats
+    from torch.ao.quantization import enable_observer
+
+    obs_at = round(freeze_observers_after * total_steps)
+    bn_at = round(freeze_bn_after * total_steps)
+    if total_steps > 0:  # a stage without steps leaves the model as it is
+        if obs_at > 0:
+            model.apply(enable_observer)
+        if bn_at > 0:
+            model.apply(update_bn_stats)
+    state = {"t": 0, "obs": total_steps == 0, "bn": total_steps == 0}
+
+    def sync() -> None:
+        if not state["obs"] and state["t"] >= obs_at:
+            freeze_observers(model)
+            state["obs"] = True
+        if not state["bn"] and state["t"] >= bn_at:
+            freeze_bn_stats(model)
+            state["bn"] = True
+
+    def on_epoch_start(epoch: int) -> None:
+        # Set from the epoch, not counted: a resumed fit starts at an epoch boundary.
+        state["t"] = epoch * steps_per_epoch
+        sync()
+
+    def after_step() -> None:
+        state["t"] += 1
+        sync()
+
+    return [after_step], [on_epoch_start]
+
+
+def quantize(model: nn.Module, cfg: Any, data: Any, ctx: StageContext) -> nn.Module:
+    """Stage Q (Zhou & Shen 2026): INT8 quantization-aware training; returns a NEW, QAT-prepared model.
+
+    Prepares a copy of `model` (:func:`prepare_qat`), hands state kept on the old model to the new
+    one (``ctx.on_new_model``: P's masks), then fine-tunes it for ``ctx.epochs`` epochs with the one
+    training loop, freezing observers after ``freeze_observers_after`` and BN statistics after
+    ``freeze_bn_after`` of the stage's optimiser steps (torchvision's QAT recipe, :func:`qat_schedule`,
+    which every later stage's training of the fake-quant model follows too). From here on evaluation
+    pauses the observers (``ctx.eval_context``) and training stays in FP32. Without training steps
+    (0 epochs) it is post-training quantization: observers calibrated on a few training batches.
+    The model stays fake-quantized so later stages can train it; :func:`convert` makes the INT8
+    deploy form.
+
+    Optimiser: ``cfg.quantize.lr`` (0.001, a hundredth of the baseline rate; see the module text),
+    ``cfg.quantize.momentum``, ``cfg.quantize.weight_decay``.
+
+    Raises:
+        BackendError: ``cfg.quantize.backend`` is not a supported engine here (lists the available ones).
+    """
+    from .. import train
+
+    qc = cfg.quantize
+    check_backend(qc.backend)  # before any work: fail in one line, nothing trained or written
+    device = train.resolve_device(cfg.train.device)
+    prepared = prepare_qat(model.to(device), backend=qc.backend, reduce_range=qc.reduce_range,
+                           example_inputs=example_inputs(data, device))
+    ctx.replace_model(model, prepared)
+    ctx.fake_quant = True
+    ctx.eval_context = observers_paused
+    ctx.stage_hooks.append(functools.partial(qat_schedule, freeze_observers_after=qc.freeze_observers_after,
+                                             freeze_bn_after=qc.freeze_bn_after))
+
+    per_epoch = max(1, train.steps_per_epoch(data.y_train.numel(), cfg.train.batch_size))
+    total = ctx.epochs * per_epoch
+    if total == 0 or round(qc.freeze_observers_after * total) == 0:
+        calibrate(prepared, data, batch_size=cfg.train.batch_size, channels_last=cfg.train.channels_last)
+    ctx.fit(prepared, data, cfg, lr=qc.lr, momentum=qc.momentum, weight_decay=qc.weight_decay)
+    if total == 0:
+        freeze_observers(prepared)  # post-training quantization: the calibrated ranges are final
+        freeze_bn_stats(prepared)
+    ctx.extra.update({"backend": qc.backend, "reduce_range": qc.reduce_range, "stage_steps": total,
+                      "freeze_observers_step": round(qc.freeze_observers_after * total),
+                      "freeze_bn_step": round(qc.freeze_bn_after * total)})
+    return prepared
