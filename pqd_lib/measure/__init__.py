@@ -1,0 +1,57 @@
+"""Measurement: latency (the stated protocol, isolated process), sizes, proxies (params, MACs), accuracy.
+
+Importing this package loads torch only; ONNX Runtime is imported when an ONNX function is called.
+The public names are re-exported lazily from their submodules:
+
+* :mod:`.latency` -- ``measure_latency``, ``measure_callable``, ``time_runs``, ``summarize``,
+  ``save_artifact``, ``load_artifact``, ``model_form``
+* :mod:`.size` -- ``model_sizes``, ``sparse_encoding_bytes``, ``entropy_bound_bytes``, ``mib``
+* :mod:`.proxies` -- ``proxies``, ``count_params``, ``layer_macs``, ``weight_sparsity``
+* :mod:`.accuracy` -- ``accuracy``
+* :mod:`.onnx_runtime` -- ``export_onnx``, ``export_qat_onnx``, ``quantize_static_onnx``, ``session``
+* :mod:`.hardware` -- ``hardware_info``, ``describe``
+* :mod:`.sparse_kernels` -- ``to_csr_kernels``
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "measure_latency": "latency",
+    "measure_callable": "latency",
+    "time_runs": "latency",
+    "summarize": "latency",
+    "save_artifact": "latency",
+    "load_artifact": "latency",
+    "model_form": "latency",
+    "ArtifactError": "latency",
+    "model_sizes": "size",
+    "sparse_encoding_bytes": "size",
+    "entropy_bound_bytes": "size",
+    "mib": "size",
+    "proxies": "proxies",
+    "count_params": "proxies",
+    "layer_macs": "proxies",
+    "weight_sparsity": "proxies",
+    "accuracy": "accuracy",
+    "export_onnx": "onnx_runtime",
+    "export_qat_onnx": "onnx_runtime",
+    "quantize_static_onnx": "onnx_runtime",
+    "hardware_info": "hardware",
+    "describe": "hardware",
+    "to_csr_kernels": "sparse_kernels",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

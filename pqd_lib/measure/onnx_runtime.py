@@ -1,0 +1,446 @@
+"""ONNX Runtime as the peer deployment runtime: FP32 export, its own INT8, and our QAT model on it.
+
+Three ONNX models per network, all timed by :func:`pqd_lib.measure.latency.measure_latency` under
+the same protocol as PyTorch (``runtime="onnxruntime"``):
+
+* FP32: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter; needs onnxscript).
+* ORT INT8 (post-training): ONNX Runtime's static quantization of that FP32 graph
+  (``onnxruntime.quantization.quantize_static``), QDQ format, per-channel symmetric INT8 weights,
+  per-tensor *unsigned* INT8 activations (U8S8: the fast path of ORT's x86 kernels; signed
+  activations measured 2.6x slower here), MinMax calibration on real, normalised training images
+  fed through a ``CalibrationDataReader``, after ORT's recommended ``quant_pre_process``.
+* pqd INT8 (our QAT model on ORT): the FX QAT-prepared model is lowered by torch.ao to its
+  *decomposed reference* form (``_convert_to_reference_decomposed_fx``: BN folded into the conv
+  weights, ``quantized_decomposed.quantize/dequantize_per_tensor|channel`` ops carrying the learned
+  scales and zero points) and exported with the dynamo exporter, which writes them as
+  QuantizeLinear/DequantizeLinear pairs -- the same QDQ layout ``quantize_static`` writes, so ORT
+  fuses both into the same integer kernels. The weights' QuantizeLinear(+Clip) on float
+  initializers are then folded into INT8 initializers (:func:`fold_weight_quantizers`), so the file
+  holds INT8 weights (4x smaller) exactly equal to the PyTorch INT8 model's.
+
+  What does not work (torch 2.14.1, checked): the TorchScript exporter (``dynamo=False``) on the
+  prepared model stops at ``aten::fused_moving_avg_obs_fake_quant`` (the op of torch's default QAT
+  fake-quant, "not supported" at any opset) and on the reference model at ``torch.qscheme``; the
+  dynamo exporter on the prepared model fails in decomposition, and ``torch.export`` of the
+  converted INT8 model fails on its packed-parameter script objects.
+
+  One numerical difference remains: torch's x86 default activation range is 0..127
+  (``reduce_range``); ONNX QuantizeLinear to uint8 saturates at 255, so on ORT activations above
+  ``(127 - zero_point) * scale`` are kept rather than clipped (the exporter drops the range).
+  Weights, scales and zero points are identical to the PyTorch INT8 model's (checked); the outputs
+  still differ by the runtimes' requantisation rounding, as any two INT8 runtimes do.
+
+Sessions follow the latency protocol: ``intra_op_num_threads`` = the thread count being measured,
+``inter_op_num_threads = 1``, sequential execution, all graph optimisations, CPU provider only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "OnnxError",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "export_onnx",
+    "export_qat_onnx",
+    "fold_weight_quantizers",
+    "calibration_images",
+    "quantize_static_onnx",
+    "session",
+    "predict",
+    "read_metadata",
+    "onnx_form",
+    "onnx_sparsity",
+]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+class OnnxError(ValueError):
+    """An ONNX file is missing or unreadable, or an export/quantization step failed; names the path."""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence exporter/quantizer chatter (stdout progress lines, deprecation warnings, info logs) for one call."""
+    root = logging.getLogger()
+    level = root.level
+    with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+
+
+def _dynamic_batch() -> tuple[dict[int, Any]]:
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},)
+
+
+def _set_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    _strip_debug_info(model)
+    _merge_metadata(model, metadata)
+    onnx.save(model, str(path))
+
+
+def _strip_debug_info(model: Any) -> None:
+    """Drop per-node debug metadata (the dynamo exporter stores Python stack traces: ~20 % of a small file)."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+
+
+def _merge_metadata(model: Any, metadata: dict[str, Any]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in metadata.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        if key in existing:
+            existing[key].value = text
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, text
+
+
+def _atomic_onnx(write: Any, path: Path) -> Path:
+    """Run ``write(tmp_path)`` then rename over `path`: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...] = (3, 32, 32),
+                metadata: dict[str, Any] | None = None) -> Path:
+    """Export an FP32 `model` (eval mode, CPU) to one self-contained ONNX file with a dynamic batch axis.
+
+    Uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``); input ``"input"`` of shape
+    ``(batch, *input_shape)``, output ``"logits"``. `metadata` (plain values) is stored in the
+    model's ``metadata_props``, with ``pqd_form`` = ``"fp32"``.
+
+    Raises:
+        OnnxError: the export failed (the message names `path` and the exporter's error).
+    """
+    path = Path(path)
+    model = copy.deepcopy(model).cpu().eval()
+    example = (torch.zeros(2, *input_shape),)
+
+    def write(tmp: Path) -> None:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(model, example, str(tmp), dynamo=True, external_data=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=_dynamic_batch())
+        _set_metadata(tmp, {"pqd_form": "fp32", **(metadata or {})})
+
+    try:
+        return _atomic_onnx(write, path)
+    except Exception as exc:
+        raise OnnxError(f"{path}: ONNX export failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if line.strip() and "This is step" not in line:
+            return line.strip()[:300]
+    return text[:300]
+
+
+def export_qat_onnx(prepared: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...] = (3, 32, 32),
+                    metadata: dict[str, Any] | None = None) -> Path:
+    """Export a QAT-prepared (fake-quant, FX) model to ONNX QDQ with its learned scales, INT8 weights folded.
+
+    The prepared model (left untouched) is copied, put in eval mode, lowered with
+    ``torch.ao.quantization.quantize_fx._convert_to_reference_decomposed_fx`` (BN folded, weights
+    and activations as decomposed quantize/dequantize ops) and exported with the dynamo exporter;
+    then :func:`fold_weight_quantizers` stores the weights as INT8 initializers. ``pqd_form`` =
+    ``"int8"``, ``pqd_source`` = ``"qat"`` in the metadata.
+
+    Raises:
+        OnnxError: `prepared` has no fake-quant modules, or the lowering/export failed.
+    """
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+    from torch.ao.quantization.quantize_fx import _convert_to_reference_decomposed_fx
+
+    path = Path(path)
+    if not any(isinstance(m, FakeQuantizeBase) for m in prepared.modules()):
+        raise OnnxError(f"{path}: export_qat_onnx needs the QAT-prepared (fake-quant) model, not an FP32 or "
+                        "converted INT8 one")
+    from torch.ao.quantization import disable_observer
+
+    twin = copy.deepcopy(prepared).cpu().to(memory_format=torch.contiguous_format).eval()
+    # Lowering runs the weight fake-quants; an enabled observer would move the learned scales.
+    twin.apply(disable_observer)
+    example = (torch.zeros(2, *input_shape),)
+
+    def write(tmp: Path) -> None:
+        import onnx
+
+        with _quiet(), torch.no_grad():
+            reference = _convert_to_reference_decomposed_fx(twin)
+            torch.onnx.export(reference, example, str(tmp), dynamo=True, external_data=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=_dynamic_batch())
+        model = onnx.load(str(tmp))
+        _strip_debug_info(model)
+        fold_weight_quantizers(model)
+        _merge_metadata(model, {"pqd_form": "int8", "pqd_source": "qat", **(metadata or {})})
+        onnx.save(model, str(tmp))
+
+    try:
+        return _atomic_onnx(write, path)
+    except Exception as exc:
+        raise OnnxError(f"{path}: QAT model export to ONNX failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _quantize_linear(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
+    """QuantizeLinear on constants: round half to even, saturate to the zero point's type."""
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    info = np.iinfo(zero_point.dtype)
+    # x * (1/scale) in float32, as torch's quantize_per_channel does: the same integers as the torch INT8 model.
+    q = np.rint(x * (np.float32(1.0) / scale)) + zero_point.astype(np.int64)
+    return np.clip(q, info.min, info.max).astype(zero_point.dtype)
+
+
+def fold_weight_quantizers(model: Any) -> int:
+    """Replace QuantizeLinear(+Clip) on constant float weights by INT8 initializers, in place; return the count.
+
+    The dynamo export of a reference-quantized model quantizes float weights at run time
+    (``QuantizeLinear(W) -> Clip -> DequantizeLinear``); ORT would fold this at session start, but
+    the file would hold float weights. Folding here makes the file hold the INT8 weights, in the
+    same ``initializer -> DequantizeLinear`` form as ``quantize_static`` writes.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def const(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        node = constants.get(name)
+        if node is not None:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+        return None
+
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    remove: list[Any] = []
+    new_inits: list[Any] = []
+    folded = 0
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3:
+            continue
+        w, scale, zp = (const(i) for i in node.input[:3])
+        if w is None or scale is None or zp is None or w.ndim < 2:
+            continue  # an activation quantizer, or a weight that is not a constant
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        q = _quantize_linear(w.astype(np.float32), scale.astype(np.float32), zp, axis if axis >= 0 else axis + w.ndim)
+        out, drop = node.output[0], [node]
+        users = consumers.get(out, [])
+        if len(users) == 1 and users[0].op_type == "Clip":
+            clip = users[0]
+            lo = const(clip.input[1]) if len(clip.input) > 1 and clip.input[1] else None
+            hi = const(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else None
+            q = np.clip(q, lo if lo is not None else q.min(), hi if hi is not None else q.max()).astype(q.dtype)
+            out = clip.output[0]
+            drop.append(clip)
+        new_inits.append(numpy_helper.from_array(q, name=out))
+        remove.extend(drop)
+        folded += 1
+    for n in remove:
+        graph.node.remove(n)
+    graph.initializer.extend(new_inits)
+    # Float weights now unused (the exporter keeps them as initializers of the removed nodes).
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for t in list(graph.initializer):
+        if t.name not in used:
+            graph.initializer.remove(t)
+    return folded
+
+
+def calibration_images(data: Any, n: int) -> np.ndarray:
+    """The first `n` training images of a :class:`~pqd_lib.data.DataSplits`, normalised, as float32 NCHW.
+
+    The first `n` (not a random draw) so that calibration is the same on every run; CIFAR's
+    training order is already shuffled across classes.
+    """
+    from .. import data as data_mod
+
+    x = data.x_train[:n].cpu()
+    return data_mod.normalize(x, data.mean, data.std).numpy().astype(np.float32)
+
+
+def quantize_static_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: Any, *,
+                         batch_size: int = 32, per_channel: bool = True, activation_type: str = "QUInt8",
+                         weight_type: str = "QInt8", metadata: dict[str, Any] | None = None) -> Path:
+    """ONNX Runtime's own post-training static INT8 of an FP32 ONNX model (QDQ, per-channel), calibrated on images.
+
+    Args:
+        fp32_path: from :func:`export_onnx`.
+        out_path: where the INT8 model goes.
+        calibration: normalised float images (N, C, H, W) (tensor or array), e.g.
+            :func:`calibration_images` with ``MeasureConfig.calibration_images`` images.
+        batch_size: images per calibration batch fed by the ``CalibrationDataReader``.
+        per_channel, activation_type, weight_type: ``quantize_static`` settings; the defaults are
+            the fast x86 combination (U8S8, per-channel weights).
+
+    Raises:
+        OnnxError: missing input file, no calibration images, or quantization failed.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if not fp32_path.is_file():
+        raise OnnxError(f"{fp32_path}: FP32 ONNX model not found")
+    images = calibration.detach().cpu().numpy() if isinstance(calibration, torch.Tensor) else np.asarray(calibration)
+    if images.ndim != 4 or len(images) == 0:
+        raise OnnxError(f"{out_path}: calibration needs normalised images (N, C, H, W), got shape {images.shape}")
+    images = images.astype(np.float32)
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([images[i:i + batch_size] for i in range(0, len(images), batch_size)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    def write(tmp: Path) -> None:
+        import onnx
+
+        with tempfile.TemporaryDirectory() as work, _quiet():
+            pre = Path(work) / "pre.onnx"
+            quant_pre_process(str(fp32_path), str(pre))
+            quantize_static(str(pre), str(tmp), _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=getattr(QuantType, activation_type),
+                            weight_type=getattr(QuantType, weight_type))
+        model = onnx.load(str(tmp))
+        _merge_metadata(model, {"pqd_form": "int8", "pqd_source": "ort-static",
+                                "pqd_calibration_images": len(images), **(metadata or {})})
+        onnx.save(model, str(tmp))
+
+    try:
+        return _atomic_onnx(write, out_path)
+    except Exception as exc:
+        raise OnnxError(f"{out_path}: ONNX Runtime static quantization failed "
+                        f"({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def session(path: str | os.PathLike, *, threads: int = 1) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU with the protocol's options.
+
+    ``intra_op_num_threads = threads`` (the measured thread count), ``inter_op_num_threads = 1``,
+    sequential execution, all graph optimisations (ORT's default level, which fuses QDQ pairs into
+    integer kernels).
+
+    Raises:
+        ValueError: ``threads <= 0``.
+        OnnxError: the file is missing or not a loadable ONNX model (the message names it).
+    """
+    import onnxruntime as ort
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
+        raise ValueError(f"threads: {threads!r} must be an integer >= 1")
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxError(f"{path}: ONNX model file not found")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT warns about every unused initializer otherwise
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise OnnxError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def predict(model: Any, x: Any, *, batch_size: int = 256, threads: int | None = None) -> np.ndarray:
+    """Logits of an ONNX model (path or session) on float images `x` (N, C, H, W), in batches."""
+    sess = model if hasattr(model, "run") else session(model, threads=threads or (os.cpu_count() or 1))
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    x = x.astype(np.float32)
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict (values as stored: strings, JSON for non-strings).
+
+    Raises:
+        OnnxError: missing or unreadable file.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxError(f"{path}: ONNX model file not found")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise OnnxError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def onnx_form(path: str | os.PathLike) -> str:
+    """``"int8"`` or ``"fp32"`` (``"fp32-sparse"`` when >= 1 % of its weights are zero), from metadata or the graph."""
+    import onnx
+
+    meta = read_metadata(path)
+    form = meta.get("pqd_form")
+    if form is None:
+        model = onnx.load(str(path))
+        quant_ops = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger"}
+        form = "int8" if any(n.op_type in quant_ops for n in model.graph.node) else "fp32"
+    if form == "fp32" and onnx_sparsity(path) >= 0.01:
+        return "fp32-sparse"
+    return form
+
+
+def onnx_sparsity(path: str | os.PathLike) -> float:
+    """Fraction of exact zeros over the weight initializers (rank >= 2) of an ONNX model."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    total = zeros = 0
+    for t in model.graph.initializer:
+        if len(t.dims) >= 2:
+            a = numpy_helper.to_array(t)
+            total += a.size
+            zeros += int(np.count_nonzero(a == 0))
+    return zeros / total if total else 0.0

@@ -1,0 +1,209 @@
+"""Run records: one tidy JSON file per record, appended atomically, read back as one pandas DataFrame.
+
+Layout: ``<results_dir>/<run_id>/<record_id>.json``. Each record is its own file, written to a
+temporary name in the same directory and renamed into place (``os.replace``, atomic on POSIX and
+Windows), so any number of processes can append at once: nobody rewrites a shared file, a reader
+never sees half a record, and no lock is needed. Nothing is ever modified after it is written.
+
+Every record carries what is needed to redo it (ARCHITECTURE.md's invariant): ``schema_version``,
+``record_id``, ``timestamp`` (UTC, ISO 8601), ``run_id`` and ``config_hash`` (``pqd_lib.config``),
+the resolved ``config`` as a dict, ``backbone``, ``dataset``, ``width``, ``preset``, ``order``,
+``stage``, ``seed``, ``data_source``, the code version (``git_commit``, ``git_dirty``; None outside
+a git checkout), the machine (``pqd_lib.measure.hardware``), and the measured fields (``top1``,
+``sparsity``, ``size_bytes``, ``latency_ms_p50``, ``threads``, ``batch_size``, ...).
+
+:data:`SCHEMA_VERSION` is bumped when the meaning of a field changes; :func:`load_results` refuses
+files of another version with an error naming the file (and leaves the file as it is).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import RunConfig, config_hash, run_id, to_dict
+
+__all__ = ["SCHEMA_VERSION", "DEFAULT_RESULTS_DIR", "COLUMNS", "ResultsError", "code_version", "make_record",
+           "append", "load_results"]
+
+#: Version of the record layout; records of another version are refused by :func:`load_results`.
+SCHEMA_VERSION = 1
+#: Where records go when no directory is given (``RunConfig.results_dir``'s default; relative to the CWD).
+DEFAULT_RESULTS_DIR = "reports/results"
+#: Columns every loaded DataFrame has, first and in this order (NaN where a record lacks them).
+COLUMNS = ["run_id", "backbone", "dataset", "width", "preset", "order", "stage", "seed", "data_source", "top1",
+           "top5", "sparsity", "size_bytes", "latency_ms_p50", "latency_ms_p90", "runtime", "form", "threads",
+           "batch_size", "config_hash", "git_commit", "git_dirty", "timestamp", "record_id", "schema_version"]
+
+
+class ResultsError(ValueError):
+    """A record cannot be written or read; the message names the file or the offending field."""
+
+
+def code_version(where: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``{"git_commit": sha or None, "git_dirty": bool or None}`` of the checkout holding pqd_lib.
+
+    Never fails: outside a git checkout, without git, or before the first commit both are None.
+    Dirty means tracked files differ from the commit (untracked files are ignored).
+    """
+    cwd = Path(where) if where is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {"git_commit": None, "git_dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def make_record(cfg: RunConfig | None = None, **fields: Any) -> dict[str, Any]:
+    """A record with its provenance filled in from `cfg`, then `fields` (the measured values) on top.
+
+    Provenance: schema version, a fresh ``record_id``, ``timestamp``, ``run_id`` (for
+    ``fields["order"]`` when given, else the config's order), ``config_hash``, the resolved
+    ``config``, ``backbone``, ``dataset``, ``width``, ``preset``, ``order``, ``seed``,
+    ``data_source`` (the config's source kind; pass the loaded data's description to override),
+    ``git_commit``/``git_dirty`` and the machine (``pqd_lib.measure.hardware.hardware_info``).
+    Without `cfg` the config fields are None unless given in `fields`.
+    """
+    from .measure.hardware import hardware_info
+
+    record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "record_id": uuid.uuid4().hex, "timestamp": _now()}
+    if cfg is not None:
+        order = fields.get("order", cfg.pipeline.order)
+        record.update({
+            "run_id": run_id(cfg, order),
+            "config_hash": config_hash(cfg),
+            "config": to_dict(cfg),
+            "backbone": cfg.model.name,
+            "dataset": cfg.data.dataset,
+            "width": cfg.model.width,
+            "preset": cfg.preset,
+            "order": order,
+            "seed": cfg.seed,
+            "data_source": cfg.data.source,
+        })
+    else:
+        record.update({k: None for k in ("run_id", "config_hash", "config", "backbone", "dataset", "width",
+                                          "preset", "order", "seed", "data_source")})
+    record["stage"] = None
+    record.update(code_version())
+    record["hostname"] = platform.node()
+    record.update(hardware_info())
+    record.update(fields)
+    return record
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy/torch scalars to Python, tuples to lists, paths to str, NaN/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()  # numpy / torch scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "record"
+
+
+def append(record: dict[str, Any], results_dir: str | os.PathLike | None = None, *, replace: bool = False) -> Path:
+    """Write `record` as ``<results_dir>/<run_id>/<record_id>.json`` atomically; return its path.
+
+    Records without ``schema_version`` / ``record_id`` / ``timestamp`` get them (use
+    :func:`make_record` for the provenance fields). An existing file with the same record id is
+    an error unless `replace` is true: a notebook redone after an interruption gives its records
+    deterministic ids and replaces its own earlier copies, so a resumed batch duplicates nothing.
+
+    Raises:
+        ResultsError: `record` is not a dict, has another schema version, or its id is taken.
+    """
+    if not isinstance(record, dict):
+        raise ResultsError(f"append: a record is a dict, got {type(record).__name__}")
+    record = dict(record)
+    record.setdefault("schema_version", SCHEMA_VERSION)
+    if record["schema_version"] != SCHEMA_VERSION:
+        raise ResultsError(f"append: record has schema_version {record['schema_version']!r}; this pqd writes "
+                           f"version {SCHEMA_VERSION}")
+    record.setdefault("record_id", uuid.uuid4().hex)
+    record.setdefault("timestamp", _now())
+    folder = Path(results_dir if results_dir is not None else DEFAULT_RESULTS_DIR) / _safe_name(
+        str(record.get("run_id") or "no-run-id"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{_safe_name(str(record['record_id']))}.json"
+    if path.exists() and not replace:
+        raise ResultsError(f"{path}: a record with id {record['record_id']!r} exists already; records are never rewritten")
+    # The temporary name does not end in .json, so a concurrent load_results never picks it up.
+    tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        tmp.write_text(json.dumps(_plain(record), indent=1, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_results(results_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """All records under `results_dir` (default ``reports/results``) as one DataFrame, one row per record.
+
+    Columns: :data:`COLUMNS` first (NaN where a record lacks one), then every other field in
+    alphabetical order; ``config`` holds the resolved config as a dict. Rows are sorted by
+    timestamp, then record id. A missing directory gives an empty DataFrame with :data:`COLUMNS`.
+
+    Raises:
+        ResultsError: a record file that is not valid JSON or has another schema version (the
+            message names the file; the file is left untouched).
+    """
+    root = Path(results_dir if results_dir is not None else DEFAULT_RESULTS_DIR)
+    rows = []
+    for path in sorted(root.glob("**/*.json")) if root.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ResultsError(f"{path}: not a readable record ({type(exc).__name__}: {exc})") from None
+        if not isinstance(record, dict):
+            raise ResultsError(f"{path}: not a record (expected a JSON object)")
+        version = record.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ResultsError(f"{path}: record schema_version {version!r}, but this pqd reads version "
+                               f"{SCHEMA_VERSION}; regenerate it or load it with the pqd version that wrote it")
+        rows.append(record)
+    frame = pd.DataFrame(rows)
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = float("nan")
+    rest = sorted(c for c in frame.columns if c not in COLUMNS)
+    frame = frame[COLUMNS + rest]
+    if len(frame):
+        frame = frame.sort_values(["timestamp", "record_id"], kind="stable").reset_index(drop=True)
+    return frame

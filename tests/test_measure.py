@@ -1,0 +1,407 @@
+"""pqd_lib.measure: the latency protocol, sizes, proxies, accuracy, ONNX Runtime, sparse kernels.
+
+Oracles: a fake clock for the statistics (exact percentiles), hand-computed byte counts for the
+encodings, torch's published ResNet-18 CIFAR size (555.4 M MACs, 11.17 M parameters), the PyTorch
+INT8 model's own weights for the ONNX export, and the dense model's outputs for the CSR kernels.
+Everything that times or exports uses width 0.125 and a handful of runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pqd_lib.config import MeasureConfig
+from pqd_lib.measure import latency as L
+from pqd_lib.measure import proxies as P
+from pqd_lib.measure import size as S
+from pqd_lib.models import build
+
+ARCH = {"name": "resnet18", "num_classes": 10, "width": 0.125}
+FAST = dict(threads=(1,), batch_sizes=(1,), warmup=1, min_runs=3, min_seconds=0.0)
+
+
+class FakeClock:
+    """A clock that only moves when the timed function runs: each call advances it by the next duration."""
+
+    def __init__(self, durations):
+        self.durations = list(durations)
+        self.now = 0.0
+        self.calls = 0
+
+    def __call__(self):
+        return self.now
+
+    def work(self):
+        self.now += self.durations[self.calls % len(self.durations)]
+        self.calls += 1
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build(**ARCH).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_qat_int8():
+    """(QAT-prepared, INT8) twins of the tiny ResNet, observers and BN frozen as after stage Q."""
+    from pqd_lib.stages import quantize as Q
+
+    torch.manual_seed(0)
+    model = build(**ARCH)
+    prepared = Q.prepare_qat(model)
+    with torch.no_grad():
+        for _ in range(3):
+            prepared(torch.randn(16, 3, 32, 32))
+    Q.freeze_observers(prepared)
+    Q.freeze_bn_stats(prepared)
+    prepared.eval()
+    return prepared, Q.convert(prepared)
+
+
+# ---------------------------------------------------------------------------
+# The protocol's statistics on a fake clock
+# ---------------------------------------------------------------------------
+def test_statistics_exact_on_fake_clock():
+    clock = FakeClock([k / 1000 for k in range(1, 11)])  # 1..10 ms
+    stats = L.measure_callable(clock.work, warmup=0, min_runs=10, min_seconds=0.0, batch_size=4, timer=clock)
+    assert stats["runs"] == 10
+    assert stats["latency_ms_p50"] == pytest.approx(5.5)
+    assert stats["latency_ms_p90"] == pytest.approx(9.1)  # linear interpolation: 9 + 0.1 * (10 - 9)
+    assert stats["latency_ms_p99"] == pytest.approx(9.91)
+    assert stats["latency_ms_mean"] == pytest.approx(5.5)
+    assert stats["latency_ms_std"] == pytest.approx(math.sqrt(sum((k - 5.5) ** 2 for k in range(1, 11)) / 9))
+    assert stats["images_per_s"] == pytest.approx(4 * 1000 / 5.5)
+    assert stats["timed_seconds"] == pytest.approx(0.055)
+
+
+def test_warmup_is_not_timed():
+    clock = FakeClock([1.0, 1.0, 1.0, 0.25])  # three slow warm-up calls, then 0.25 s
+    times = L.time_runs(clock.work, warmup=3, min_runs=4, min_seconds=0.0, timer=clock)
+    assert clock.calls == 3 + 4
+    assert times[0] == 0.25
+
+
+def test_stops_at_min_runs_when_seconds_are_reached_first():
+    clock = FakeClock([0.5])
+    assert len(L.time_runs(clock.work, warmup=0, min_runs=7, min_seconds=1.0, timer=clock)) == 7
+
+
+def test_stops_at_min_seconds_when_runs_are_reached_first():
+    clock = FakeClock([0.125])  # exact in binary: 8 runs make exactly 1.0 s
+    times = L.time_runs(clock.work, warmup=2, min_runs=3, min_seconds=1.0, timer=clock)
+    assert len(times) == 8
+
+
+def test_threads_must_be_positive(tiny):
+    with pytest.raises(ValueError, match="threads"):
+        L.measure_latency(tiny, threads=(0,), isolate=False)
+    with pytest.raises(ValueError, match="threads"):
+        L.measure_latency(tiny, MeasureConfig(threads=(1, -2)), isolate=False)
+    assert L.resolve_threads(None) == sorted({1, os.cpu_count() or 1})
+
+
+def test_unknown_option_is_named(tiny):
+    with pytest.raises(ValueError, match="warmpu"):
+        L.measure_latency(tiny, warmpu=3)
+
+
+# ---------------------------------------------------------------------------
+# Isolation, artifacts, failures
+# ---------------------------------------------------------------------------
+def test_isolated_child_uses_requested_threads_and_its_own_process(tiny):
+    records = L.measure_latency(tiny, arch=ARCH, **FAST)
+    assert len(records) == 1
+    r = records[0]
+    assert r["error"] is None
+    assert r["isolated"] is True and r["pid"] != os.getpid()
+    assert r["threads"] == 1 and r["threads_observed"] == 1
+    assert r["form"] == "fp32" and r["runtime"] == "torch-eager" and r["runs"] >= 3
+    for key in ("cpu_model", "cpu_count", "isa_avx2", "isa_avx512_vnni", "isa_amx", "torch_version",
+                "quantized_engine"):
+        assert key in r
+
+
+def test_in_process_measures_fp32_sparse_and_int8(tiny, tiny_qat_int8):
+    sparse = build(**ARCH).eval()
+    with torch.no_grad():
+        for m in sparse.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight[m.weight.abs() < m.weight.abs().median()] = 0
+    _, int8 = tiny_qat_int8
+    forms = {}
+    for model in (tiny, sparse, int8):
+        (r,) = L.measure_latency(model, **FAST, isolate=False)
+        assert r["error"] is None and r["pid"] == os.getpid() and r["latency_ms_p50"] > 0
+        forms[r["form"]] = r["model_sparsity"]
+    assert set(forms) == {"fp32", "fp32-sparse", "int8"}
+    assert forms["fp32-sparse"] > 0.4
+
+
+def test_int8_artifact_round_trip_in_child(tiny_qat_int8, tmp_path):
+    _, int8 = tiny_qat_int8
+    path = L.save_artifact(int8, tmp_path / "int8.pt", arch=ARCH)
+    loaded = L.load_artifact(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), int8(x))
+    (r,) = L.measure_latency(path, **FAST)
+    assert r["error"] is None and r["form"] == "int8" and r["pid"] != os.getpid()
+
+
+def test_int8_on_cuda_is_refused_with_a_clear_message(tiny_qat_int8, tmp_path):
+    _, int8 = tiny_qat_int8
+    with pytest.raises(ValueError, match="INT8 runs on CPU"):
+        L.measure_latency(int8, device="cuda", **FAST)
+    path = L.save_artifact(int8, tmp_path / "int8.pt", arch=ARCH)
+    with pytest.raises(ValueError, match="INT8 runs on CPU"):
+        L.measure_latency(path, device="cuda", **FAST)
+
+
+def test_missing_and_corrupt_files_name_the_path(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(L.ArtifactError, match="nope.pt"):
+        L.load_artifact(missing)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00 not a torch file")
+    with pytest.raises(L.ArtifactError, match="corrupt.pt"):
+        L.load_artifact(corrupt)
+    # In a sweep the same failures become error fields, not exceptions.
+    (r,) = L.measure_latency(missing, **FAST, isolate=False)
+    assert "nope.pt" in r["error"] and "not found" in r["error"]
+    (r,) = L.measure_latency(corrupt, **FAST)  # through the child process
+    assert "corrupt.pt" in r["error"]
+    (r,) = L.measure_latency(tmp_path / "bad.onnx", **FAST, isolate=False)
+    assert "bad.onnx" in r["error"]
+
+
+def test_failing_forward_becomes_an_error_field():
+    class NoKernel(nn.Module):
+        def forward(self, x):
+            raise NotImplementedError("Could not run 'quantized::conv2d' with arguments from the 'CPU' backend")
+
+    records = L.measure_latency(NoKernel(), threads=(1,), batch_sizes=(1, 2), warmup=0, min_runs=1,
+                                min_seconds=0.0, isolate=False)
+    assert len(records) == 2
+    assert all("quantized::conv2d" in r["error"] for r in records)
+    assert all(r.get("latency_ms_p50") is None for r in records)
+
+
+def test_crashed_child_becomes_an_error_field(tiny, monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a "Python" that exits 1 at once
+    (r,) = L.measure_latency(tiny, arch=ARCH, **FAST)
+    assert "exited with code 1" in r["error"]
+
+
+def test_save_artifact_falls_back_to_torch_export_without_arch(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10)).eval()
+    path = L.save_artifact(model, tmp_path / "custom.pt")
+    assert path.suffix == ".pt2"
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(L.load_artifact(path)(x), model(x), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Sizes, against hand-computed byte counts
+# ---------------------------------------------------------------------------
+def _small_conv() -> nn.Conv2d:
+    conv = nn.Conv2d(1, 2, kernel_size=2)  # weight (2, 1, 2, 2): 8 values, bias 2
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([0.5, 0, 0, -0.25, 0, 0, 0, 1.0]).view(2, 1, 2, 2))  # 3 non-zeros
+        conv.bias.copy_(torch.tensor([0.1, -0.1]))
+    return conv
+
+
+def test_sparse_encoding_fp32_by_hand():
+    conv = _small_conv()
+    # bitmask ceil(8/8) = 1 + 3 non-zeros x 4 B + bias 2 x 4 B = 21
+    assert S.sparse_encoding_bytes(conv) == 1 + 3 * 4 + 2 * 4
+    h = -(3 / 8) * math.log2(3 / 8) - (5 / 8) * math.log2(5 / 8)
+    assert S.entropy_bound_bytes(conv) == pytest.approx((3 * 32 + 8 * h) / 8 + 8)
+
+
+def test_sparse_encoding_int8_by_hand():
+    from torch.ao.nn.quantized import Conv2d as QConv2d
+
+    conv = _small_conv()
+    scales = torch.tensor([0.5 / 127, 1.0 / 127], dtype=torch.double)
+    qweight = torch.quantize_per_channel(conv.weight.detach(), scales, torch.zeros(2, dtype=torch.long), 0, torch.qint8)
+    qconv = QConv2d(1, 2, 2)
+    qconv.set_weight_bias(qweight, conv.bias.detach())
+    qconv.scale, qconv.zero_point = 0.1, 0
+    # bitmask 1 + 3 non-zeros x 1 B + 2 scales x 4 B + 2 zero points x 1 B + bias 2 x 4 B
+    # + the output scale (float32, 4 B) and zero point (int64, 8 B) as stored in the state dict
+    layer = 1 + 3 + 2 * 4 + 2 * 1 + 2 * 4
+    assert S.sparse_encoding_bytes(qconv) == layer + 4 + 8
+    h = -(3 / 8) * math.log2(3 / 8) - (5 / 8) * math.log2(5 / 8)
+    assert S.entropy_bound_bytes(qconv) == pytest.approx((3 * 8 + 8 * h) / 8 + 2 * 4 + 2 + 2 * 4 + 12)
+
+
+def test_model_sizes_and_compression(tiny):
+    sizes = S.model_sizes(tiny)
+    assert sizes["size_bytes"] == len(S.saved_bytes(tiny))
+    assert 0 < sizes["size_xz_bytes"] < sizes["size_bytes"] and 0 < sizes["size_gzip_bytes"] < sizes["size_bytes"]
+    # Dense FP32: the sparse encoding pays a bitmask on top of all values.
+    n_w = sum(w.numel() for w in P.weight_tensors(tiny).values())
+    assert sizes["size_sparse_bytes"] > 4 * n_w
+    assert S.binary_entropy(0.5) == 1.0 and S.binary_entropy(0.0) == 0.0
+    assert S.mib(3 * 2**20) == 3.0
+
+
+# ---------------------------------------------------------------------------
+# Proxies
+# ---------------------------------------------------------------------------
+def test_resnet18_macs_and_params():
+    model = build("resnet18", 10, 1.0)
+    out = P.proxies(model)
+    assert out["macs"] == 555_422_720
+    assert 0.555e9 <= out["macs"] <= 0.557e9
+    assert out["params"] == 11_173_962
+    assert out["nonzero_macs"] == out["macs"]  # dense
+    assert sum(layer["macs"] for layer in out["layers"]) == out["macs"]
+
+
+def test_proxies_nonzero_counts_on_hand_pruned_model():
+    model = nn.Sequential(nn.Conv2d(1, 2, 2, bias=False), nn.Flatten(), nn.Linear(2 * 3 * 3, 3, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].weight[0] = 0  # half of the conv's 8 weights
+        model[2].weight.fill_(1.0)
+        model[2].weight[:, :9] = 0  # 27 of the linear's 54 weights
+    out = P.proxies(model, (1, 1, 4, 4))
+    layers = {layer["layer"]: layer for layer in out["layers"]}
+    assert layers["0"]["macs"] == 2 * 1 * 2 * 2 * 3 * 3 == 72
+    assert layers["0"]["nonzero_weights"] == 4 and layers["0"]["nonzero_macs"] == 36
+    assert layers["2"]["macs"] == 54 and layers["2"]["nonzero_macs"] == 27
+    assert out["params"] == 8 + 54 and out["nonzero_params"] == 4 + 27
+    assert out["macs"] == 126 and out["nonzero_macs"] == 63
+    assert P.weight_sparsity(model) == pytest.approx(31 / 62)
+
+
+def test_proxies_of_int8_model_use_the_fp32_reference(tiny_qat_int8):
+    _, int8 = tiny_qat_int8
+    with pytest.raises(ValueError, match="fp32_reference"):
+        P.proxies(int8)
+    out = P.proxies(int8, fp32_reference=build(**ARCH))
+    assert out["macs"] == P.proxies(build(**ARCH))["macs"]
+    assert len(out["layers"]) == 21  # 17 convs of the blocks and stem, 3 shortcuts, the classifier
+
+
+# ---------------------------------------------------------------------------
+# Accuracy
+# ---------------------------------------------------------------------------
+class _Constant(nn.Module):
+    """Logits that rank class 0 first, 1 second, ...: predictions known without running a network."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.register_buffer("logits", -torch.arange(classes, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_accuracy_top1_top5_against_known_predictions():
+    from pqd_lib.measure.accuracy import accuracy
+
+    x = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    y = torch.tensor([0] * 3 + [3] * 5 + [7] * 12)
+    out = accuracy(_Constant(100), x=x, y=y, mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=7)
+    assert out["top1"] == pytest.approx(100 * 3 / 20) and out["top5"] == pytest.approx(100 * 8 / 20)
+    assert out["n"] == 20
+    assert accuracy(_Constant(10), x=x, y=y, mean=(0.5,) * 3, std=(0.25,) * 3)["top5"] is None
+    with pytest.raises(ValueError, match="uint8"):
+        accuracy(_Constant(10), x=x.float(), y=y, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+# ---------------------------------------------------------------------------
+# ONNX Runtime
+# ---------------------------------------------------------------------------
+def test_onnx_exports_quantize_and_time(tiny, tiny_qat_int8, tmp_path):
+    from onnx import load, numpy_helper
+
+    from pqd_lib.measure import onnx_runtime as O
+    from pqd_lib.stages import quantize as Q
+
+    prepared, int8 = tiny_qat_int8
+    fp32 = O.export_onnx(tiny, tmp_path / "fp32.onnx")
+    ort_int8 = O.quantize_static_onnx(fp32, tmp_path / "ort_int8.onnx", torch.randn(32, 3, 32, 32), batch_size=16)
+    qat = O.export_qat_onnx(prepared, tmp_path / "qat.onnx")
+    assert O.onnx_form(fp32) == "fp32" and O.onnx_form(ort_int8) == "int8" and O.onnx_form(qat) == "int8"
+
+    x = torch.randn(5, 3, 32, 32)  # a batch size unseen at export: the batch axis is dynamic
+    with torch.no_grad():
+        assert np.allclose(O.predict(fp32, x), tiny(x).numpy(), atol=1e-4)
+
+    # The QAT export carries exactly the PyTorch INT8 model's integer weights.
+    ours = np.sort(np.concatenate([w.flatten().numpy() for w in Q.int8_weights(int8).values()]))
+    inits = [numpy_helper.to_array(t) for t in load(str(qat)).graph.initializer]
+    exported = np.sort(np.concatenate([a.flatten() for a in inits if a.dtype == np.int8 and a.ndim >= 2]))
+    assert np.array_equal(ours, exported)
+
+    records = L.measure_latency(qat, **FAST, isolate=False)
+    assert records[0]["runtime"] == "onnxruntime" and records[0]["form"] == "int8" and records[0]["error"] is None
+    with pytest.raises(ValueError, match="CPU"):
+        L.measure_latency(qat, device="cuda", **FAST)
+
+
+def test_onnx_accuracy_matches_torch(tiny, tmp_path):
+    from pqd_lib.measure import onnx_runtime as O
+    from pqd_lib.measure.accuracy import accuracy
+
+    path = O.export_onnx(tiny, tmp_path / "m.onnx")
+    x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (40,))
+    kw = dict(x=x, y=y, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert accuracy(path, **kw)["top1"] == accuracy(tiny, **kw)["top1"]
+
+
+# ---------------------------------------------------------------------------
+# Sparse kernels and hardware
+# ---------------------------------------------------------------------------
+def test_csr_kernels_match_dense(tiny):
+    from pqd_lib.measure.sparse_kernels import to_csr_kernels
+
+    pruned = build(**ARCH).eval()
+    with torch.no_grad():
+        for m in pruned.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight[torch.rand_like(m.weight) < 0.9] = 0
+    csr = to_csr_kernels(pruned)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(csr(x), pruned(x), atol=1e-4, rtol=1e-4)
+    (r,) = L.measure_latency(pruned, runtime="torch-sparse-csr", **FAST, isolate=False)
+    assert r["error"] is None and r["form"] == "fp32-sparse"
+
+
+def test_hardware_info_fields():
+    from pqd_lib.measure.hardware import describe, hardware_info
+
+    info = hardware_info()
+    assert info["cpu_count"] == os.cpu_count() and info["torch_version"] == torch.__version__
+    assert all(isinstance(info[k], bool) for k in ("isa_avx2", "isa_avx512f", "isa_avx512_vnni",
+                                                   "isa_avx512_bf16", "isa_amx"))
+    assert info["quantized_engine"] == torch.backends.quantized.engine
+    assert str(info["cpu_count"]) in describe(info)
+
+
+def test_module_without_arch_is_measured_in_child_as_itself():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10)).eval()
+    (r,) = L.measure_latency(model, **FAST)
+    assert r["error"] is None and r["pid"] != os.getpid() and r["form"] == "fp32"
+
+
+def test_pickled_modules_are_not_loaded_from_elsewhere(tmp_path):
+    path = tmp_path / "x.module.pt"
+    torch.save(nn.Linear(2, 2), path)
+    with pytest.raises(L.ArtifactError, match="pickled module"):
+        L.load_artifact(path)

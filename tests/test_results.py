@@ -1,0 +1,121 @@
+"""pqd_lib.results: provenance, one-file-per-record atomic appends, concurrent writers, schema checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+
+import pandas as pd
+import pytest
+
+from pqd_lib import config as C
+from pqd_lib import results as R
+
+
+def _writer(results_dir: str, tag: str, n: int) -> None:
+    """Append `n` records as fast as possible (run in two processes at once)."""
+    for i in range(n):
+        R.append({"run_id": "shared-run", "writer": tag, "i": i, "top1": float(i)}, results_dir)
+
+
+def test_make_record_fills_provenance():
+    cfg = C.preset("smoke", data={"source": "embedded"})
+    rec = R.make_record(cfg, stage="P", top1=91.5, order="QPD")
+    assert rec["schema_version"] == R.SCHEMA_VERSION
+    assert rec["run_id"] == C.run_id(cfg, "QPD") and rec["order"] == "QPD"
+    assert rec["config_hash"] == C.config_hash(cfg)
+    assert rec["config"] == C.to_dict(cfg)
+    assert (rec["backbone"], rec["dataset"], rec["preset"], rec["seed"]) == ("resnet18", "cifar10", "smoke", 0)
+    assert rec["data_source"] == "embedded" and rec["stage"] == "P" and rec["top1"] == 91.5
+    for key in ("git_commit", "git_dirty", "timestamp", "record_id", "cpu_model", "torch_version"):
+        assert key in rec
+    assert R.make_record(None, top1=1.0)["run_id"] is None
+
+
+def test_code_version_outside_git_does_not_fail(tmp_path):
+    assert R.code_version(tmp_path) == {"git_commit": None, "git_dirty": None}
+
+
+def test_append_and_load_round_trip(tmp_path):
+    cfg = C.preset("smoke", data={"source": "embedded"})
+    path = R.append(R.make_record(cfg, stage="Q", top1=88.0, sparsity=0.5, threads=1, batch_size=1,
+                                  latency_ms_p50=3.25, extra_tuple=(1, 2), not_finite=float("inf")), tmp_path)
+    assert path.parent.name == C.run_id(cfg) and path.suffix == ".json"
+    R.append({"run_id": "other", "top1": 50.0}, tmp_path)
+    df = R.load_results(tmp_path)
+    assert len(df) == 2
+    assert list(df.columns[: len(R.COLUMNS)]) == R.COLUMNS
+    row = df[df["run_id"] == C.run_id(cfg)].iloc[0]
+    assert row["latency_ms_p50"] == 3.25 and row["stage"] == "Q" and row["extra_tuple"] == [1, 2]
+    assert row["config"]["model"]["width"] == 0.125
+    assert pd.isna(row["not_finite"])
+    other = df[df["run_id"] == "other"].iloc[0]
+    assert pd.isna(other["latency_ms_p50"]) and pd.isna(other["backbone"])
+
+
+def test_missing_directory_gives_empty_frame(tmp_path):
+    df = R.load_results(tmp_path / "none")
+    assert len(df) == 0 and list(df.columns) == R.COLUMNS
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    n = 200
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), tag, n)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    df = R.load_results(tmp_path)
+    assert len(df) == 2 * n and df["record_id"].is_unique
+    assert sorted(df.groupby("writer")["i"].apply(sorted).tolist()) == [list(range(n))] * 2
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temporary files left
+
+
+def test_wrong_schema_version_names_the_file_and_leaves_it(tmp_path):
+    R.append({"run_id": "r", "top1": 1.0}, tmp_path)
+    bad = tmp_path / "r" / "old.json"
+    text = json.dumps({"schema_version": 999, "run_id": "r"})
+    bad.write_text(text)
+    with pytest.raises(R.ResultsError, match=r"old\.json.*schema_version 999"):
+        R.load_results(tmp_path)
+    assert bad.read_text() == text
+    with pytest.raises(R.ResultsError, match="schema_version"):
+        R.append({"schema_version": 0}, tmp_path)
+
+
+def test_unreadable_record_names_the_file(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "broken.json").write_text("{not json")
+    with pytest.raises(R.ResultsError, match="broken.json"):
+        R.load_results(tmp_path)
+
+
+def test_records_are_never_rewritten(tmp_path):
+    R.append({"run_id": "r", "record_id": "fixed", "top1": 1.0}, tmp_path)
+    with pytest.raises(R.ResultsError, match="never rewritten"):
+        R.append({"run_id": "r", "record_id": "fixed", "top1": 2.0}, tmp_path)
+    assert R.load_results(tmp_path)["top1"].tolist() == [1.0]
+    assert not math.isnan(R.load_results(tmp_path)["schema_version"].iloc[0])
+
+
+def test_replace_rewrites_only_the_same_record_id(tmp_path):
+    from pqd_lib import results
+
+    first = results.append({"run_id": "r", "record_id": "nb02-P", "top1": 1.0}, tmp_path)
+    with pytest.raises(results.ResultsError, match="exists already"):
+        results.append({"run_id": "r", "record_id": "nb02-P", "top1": 2.0}, tmp_path)
+    again = results.append({"run_id": "r", "record_id": "nb02-P", "top1": 2.0}, tmp_path, replace=True)
+    assert again == first
+    df = results.load_results(tmp_path)
+    assert len(df) == 1 and df["top1"].iloc[0] == 2.0
+
+
+def test_replace_rewrites_only_the_same_record(tmp_path):
+    R.append({"run_id": "r", "record_id": "nb-01", "top1": 1.0}, tmp_path)
+    R.append({"run_id": "r", "record_id": "nb-02", "top1": 5.0}, tmp_path)
+    R.append({"run_id": "r", "record_id": "nb-01", "top1": 2.0}, tmp_path, replace=True)
+    df = R.load_results(tmp_path).sort_values("record_id")
+    assert df["top1"].tolist() == [2.0, 5.0]
