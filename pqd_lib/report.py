@@ -1,0 +1,225 @@
+"""Tables and figures of the notebooks and reports: one function per figure, a tidy DataFrame in, a Figure out.
+
+A function returns its :class:`matplotlib.figure.Figure` closed (no pyplot state is left behind): a
+notebook shows it by returning it from a cell, a script saves it with ``fig.savefig(...)``. They are small on purpose (about 6 x 4 inches at 72 dpi): executed notebooks are
+committed with their outputs. Every figure of a measurement says its width in the title or legend,
+because latency depends on it (at small widths INT8 can be slower than FP32; see notebook 07).
+
+An empty DataFrame gives a figure that says so instead of an error: a report over an empty results
+store still renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+__all__ = [
+    "DPI",
+    "mean_std",
+    "training_curves",
+    "metric_bars",
+    "sparsity_tradeoff",
+    "stage_trajectory",
+    "order_ablation",
+    "latency_bars",
+    "sparsity_sweep",
+    "proxy_vs_latency",
+    "accuracy_vs_cost",
+]
+
+#: Resolution of every figure: small PNGs keep committed notebooks at a few hundred KB.
+DPI = 72
+
+
+def _figure(ncols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Figure, list]:
+    import matplotlib.pyplot as plt
+
+    # Made through pyplot so that Jupyter's inline backend is loaded and displays the returned figure,
+    # then closed at once so that it is not displayed a second time (nor kept in pyplot's registry).
+    fig = plt.figure(figsize=figsize, dpi=DPI, layout="constrained")
+    plt.close(fig)
+    with sns.axes_style("whitegrid"):
+        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _empty(message: str = "no records") -> Figure:
+    fig, (ax,) = _figure()
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return fig
+
+
+def mean_std(df: pd.DataFrame, by: Sequence[str], metrics: Mapping[str, str], digits: int = 2) -> pd.DataFrame:
+    """One row per group of `by`: ``n`` (records, e.g. seeds) and "mean ± std" of each metric.
+
+    `metrics` maps a column to its display name. With one record in a group only the mean is shown
+    (a standard deviation of one value is not a measurement). Missing columns count as empty.
+    """
+    by = list(by)
+    if df.empty:
+        return pd.DataFrame(columns=[*by, "n", *metrics.values()])
+    df = df.copy()
+    for column in metrics:
+        df[column] = pd.to_numeric(df[column], errors="coerce") if column in df else np.nan
+    grouped = df.groupby(by, dropna=False, sort=True)
+    out = grouped.size().rename("n").to_frame()
+    for column, name in metrics.items():
+        stats = grouped[column].agg(["mean", "std", "count"])
+        out[name] = [("–" if c == 0 else f"{m:.{digits}f}" if c == 1 else f"{m:.{digits}f} ± {s:.{digits}f}")
+                     for m, s, c in zip(stats["mean"], stats["std"], stats["count"])]
+    return out.reset_index()
+
+
+def training_curves(history: pd.DataFrame, title: str = "") -> Figure:
+    """Train and test top-1 per epoch (columns ``epoch``, ``train_top1``, ``test_top1``)."""
+    if history.empty:
+        return _empty("no training history (loaded from cache without one)")
+    fig, (ax,) = _figure()
+    long = history.melt(id_vars="epoch", value_vars=["train_top1", "test_top1"], var_name="split",
+                        value_name="top-1 (%)")
+    sns.lineplot(data=long, x="epoch", y="top-1 (%)", hue="split", marker="o", ax=ax)
+    ax.set_title(title)
+    return fig
+
+
+def metric_bars(df: pd.DataFrame, metrics: Mapping[str, str], label: str = "model", title: str = "") -> Figure:
+    """One horizontal bar panel per metric (`metrics`: column -> axis name), one bar per row's `label`."""
+    if df.empty:
+        return _empty()
+    fig, axes = _figure(len(metrics), figsize=(min(3.0 * len(metrics), 9), 0.45 * len(df) + 1.6))
+    for ax, (column, name) in zip(axes, metrics.items()):
+        sns.barplot(data=df, y=label, x=column, hue=label, legend=False, ax=ax, orient="h")
+        ax.set_xlabel(name)
+        ax.set_ylabel("" if ax is not axes[0] else label)
+        if ax is not axes[0]:
+            ax.set_yticklabels([])
+    fig.suptitle(title)
+    return fig
+
+
+def sparsity_tradeoff(df: pd.DataFrame, title: str = "") -> Figure:
+    """Left: top-1 vs sparsity. Right: measured latency vs sparsity, with the non-zero-MAC proxy's prediction.
+
+    Columns: ``sparsity``, ``top1``, ``latency_ms_p50``, ``nonzero_macs``, ``macs``. The proxy line
+    scales the dense model's latency (the row of lowest sparsity) by the fraction of non-zero MACs:
+    what the latency would be if the kernels skipped zeros.
+    """
+    if df.empty:
+        return _empty()
+    fig, (left, right) = _figure(2, figsize=(8, 3.4))
+    df = df.sort_values("sparsity")
+    sns.lineplot(data=df, x="sparsity", y="top1", marker="o", ax=left)
+    left.set(xlabel="sparsity (fraction of prunable weights = 0)", ylabel="test top-1 (%)", title="accuracy")
+    dense = df.iloc[0]
+    proxy = dense["latency_ms_p50"] * df["nonzero_macs"] / dense["nonzero_macs"]
+    right.plot(df["sparsity"], df["latency_ms_p50"], marker="o", label="measured (dense kernels)")
+    right.plot(df["sparsity"], proxy, linestyle="--", marker="x", label="non-zero MACs would predict")
+    right.set(xlabel="sparsity", ylabel="latency p50 (ms)", title="CPU latency", ylim=(0, None))
+    right.legend(fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def stage_trajectory(df: pd.DataFrame, title: str = "") -> Figure:
+    """Top-1 after each step of a pipeline (columns ``step``, ``top1``, ``form``, ``sparsity``), in row order."""
+    if df.empty:
+        return _empty()
+    fig, (ax,) = _figure()
+    x = np.arange(len(df))
+    ax.plot(x, df["top1"], marker="o")
+    for xi, (_, row) in zip(x, df.iterrows()):
+        ax.annotate(f"{row['form']}\n{row['sparsity']:.0%} zeros", (xi, row["top1"]), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize="x-small")
+    ax.set_xticks(x, df["step"])
+    ax.set(ylabel="test top-1 (%)", title=title)
+    ax.margins(y=0.25)
+    return fig
+
+
+def order_ablation(df: pd.DataFrame, baseline: float | None = None, title: str = "") -> Figure:
+    """Deploy top-1 per order (columns ``order``, ``top1``, ``allocation``); mean ± std over rows of one order."""
+    if df.empty:
+        return _empty()
+    fig, (ax,) = _figure()
+    sns.barplot(data=df, x="order", y="top1", hue="allocation", errorbar="sd", ax=ax)
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", linestyle="--", label="FP32 baseline")
+    ax.set(ylabel="deploy top-1 (%)", title=title)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def latency_bars(df: pd.DataFrame, title: str = "") -> Figure:
+    """Latency p50 per deploy form and runtime (columns ``model``, ``latency_ms_p50``, ``width``), one panel per width."""
+    if df.empty:
+        return _empty()
+    widths = sorted(df["width"].unique())
+    order = list(df["model"].unique())  # the same rows in every panel; labels on the first only
+    fig, axes = _figure(len(widths), figsize=(2.2 + 2.4 * len(widths), 0.35 * len(order) + 1.4))
+    for ax, width in zip(axes, widths):
+        part = df[df["width"] == width]
+        sns.barplot(data=part, y="model", x="latency_ms_p50", hue="model", order=order, hue_order=order,
+                    legend=False, ax=ax, orient="h")
+        ax.set(xlabel="latency p50 (ms)", ylabel="", title=f"width {width:g}")
+        if ax is not axes[0]:
+            ax.set_yticklabels([])
+    fig.suptitle(title)
+    return fig
+
+
+def sparsity_sweep(df: pd.DataFrame, title: str = "") -> Figure:
+    """Latency p50 vs sparsity per kernel (columns ``sparsity``, ``latency_ms_p50``, ``kernel``, ``width``)."""
+    if df.empty:
+        return _empty()
+    widths = sorted(df["width"].unique())
+    fig, axes = _figure(len(widths), figsize=(4.0 * len(widths), 3.4))
+    for ax, width in zip(axes, widths):
+        part = df[df["width"] == width]
+        sns.lineplot(data=part, x="sparsity", y="latency_ms_p50", hue="kernel", marker="o", ax=ax,
+                     legend=ax is axes[-1])
+        ax.set(xlabel="sparsity", ylabel="latency p50 (ms)", title=f"width {width:g}", ylim=(0, None))
+    if axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "best", fontsize="x-small", title_fontsize="x-small")
+    fig.suptitle(title)
+    return fig
+
+
+def proxy_vs_latency(df: pd.DataFrame, title: str = "") -> Figure:
+    """Measured latency vs what non-zero MACs predict, both relative to dense FP32 of the same width.
+
+    Columns: ``width``, ``mac_ratio`` (non-zero MACs / dense MACs), ``latency_ratio`` (latency / dense FP32
+    latency), ``model``. On the diagonal a proxy would be right; compression that the proxy counts but
+    the kernels do not exploit lies above it.
+    """
+    if df.empty:
+        return _empty()
+    fig, (ax,) = _figure()
+    sns.scatterplot(data=df, x="mac_ratio", y="latency_ratio", hue="model", style="width", s=60, ax=ax)
+    top = max(1.05, float(df["latency_ratio"].max()) * 1.05)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="latency = MAC ratio")
+    ax.set(xlabel="non-zero MACs / dense MACs", ylabel="latency / dense FP32 latency", xlim=(0, 1.05),
+           ylim=(0, top), title=title)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def accuracy_vs_cost(df: pd.DataFrame, cost: str = "latency_ms_p50", cost_label: str = "latency p50 (ms)",
+                     hue: str = "model", title: str = "") -> Figure:
+    """Top-1 against a cost (latency or size), one point per group of `hue`: mean with ± std bars over rows."""
+    df = df.dropna(subset=["top1", cost]) if not df.empty else df
+    if df.empty:
+        return _empty()
+    fig, (ax,) = _figure()
+    stats = df.groupby(hue).agg(x=(cost, "mean"), xs=(cost, "std"), y=("top1", "mean"), ys=("top1", "std"))
+    for name, row in stats.iterrows():
+        ax.errorbar(row["x"], row["y"], xerr=np.nan_to_num(row["xs"]), yerr=np.nan_to_num(row["ys"]), fmt="o",
+                    capsize=3, label=str(name))
+    ax.set(xlabel=cost_label, ylabel="test top-1 (%)", title=title)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
