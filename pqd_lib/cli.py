@@ -74,8 +74,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_mod.to_yaml(cfg), end="")
         return 0
-    result = pipeline.run(cfg)
-    for rec in result.records:
+    _, records = pipeline.run(cfg)
+    for rec in records:
         print(json.dumps({k: v for k, v in rec.items() if not isinstance(v, (list, dict))}, default=str))
     return 0
 
