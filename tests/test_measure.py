@@ -405,3 +405,14 @@ def test_pickled_modules_are_not_loaded_from_elsewhere(tmp_path):
     torch.save(nn.Linear(2, 2), path)
     with pytest.raises(L.ArtifactError, match="pickled module"):
         L.load_artifact(path)
+
+
+def test_a_pickled_module_given_by_path_is_refused_not_unpickled(tmp_path):
+    import torch as _torch
+
+    from pqd_lib.measure import latency as L
+
+    path = tmp_path / "user.module.pt"
+    _torch.save(_torch.nn.Linear(2, 2), path)
+    with pytest.raises(L.ArtifactError, match="runs code"):
+        L.artifact_form(path)
