@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/pqd train --preset mini --source embedded --set data.train_subset=null
+	$(VENV)/bin/pqd train --preset mini --source embedded
 
 test: setup
 	$(PY) -m pytest

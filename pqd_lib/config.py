@@ -267,7 +267,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "model": {"width": 0.125},
         "data": {"train_subset": 500, "test_subset": 200},
-        "train": {"epochs": 1, "batch_size": 64, "eval_batch_size": 200},
+        # One thread: tests and nbval run beside other work, where 2-thread OpenMP contends badly.
+        "train": {"epochs": 1, "batch_size": 64, "eval_batch_size": 200, "threads": 1},
         "prune": {"ramp_updates": 2},
         "pipeline": {"epochs": (1, 1, 1)},
         "measure": {
@@ -280,11 +281,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     # Real data, reduced widths/epochs: the protocol run and reported on 2 CPU cores.
+    # Sized so the ResNet-18 grid (baseline, each stage alone, 6 orders x 2 allocations, 3 seeds)
+    # fits about 90 minutes on 2 cores: 5,000 training images (the embedded set's size, so
+    # `--source embedded` runs it unchanged), the whole 10,000-image test set.
     "mini": {
         "model": {"width": 0.25},
-        "data": {"train_subset": 10000},
+        "data": {"train_subset": 5000},
         "train": {"epochs": 15},
         "pipeline": {"epochs": (1, 2, 2)},
+        "measure": {"warmup": 20, "min_runs": 100, "min_seconds": 1.0},
     },
     # The paper's full protocol (the dataclass defaults), for GPU users.
     "paper": {},
