@@ -160,6 +160,13 @@ def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data
     if not seeds:
         raise BatchError("--seeds: give at least one seed")
     results_dir, runs_dir = Path(results_dir).resolve(), Path(runs_dir).resolve()
+    # Notebooks run with the notebooks folder as working directory: relative paths given here
+    # must mean what they meant where the batch was started.
+    data_root = str(Path(data_root).expanduser().resolve()) if data_root else None
+    cache_dir = str(Path(cache_dir).expanduser().resolve()) if cache_dir else None
+    if data_source == "folder" and data_root and not Path(data_root).is_dir():
+        raise BatchError(f"--root: {data_root} is not a directory; the folder source needs an image-folder "
+                         f"tree train/<class>/*, test/<class>/* there")
     _check_writable(results_dir, "results dir")
     _check_writable(runs_dir, "runs dir")
     runs = []

@@ -75,6 +75,21 @@ def test_plan_expands_all_cells_and_rejects_bad_input(tmp_path):
                    runs_dir=tmp_path / "runs")
 
 
+def test_relative_paths_are_resolved_where_the_batch_starts(tmp_path, monkeypatch):
+    # Notebooks run inside notebooks/: a relative --root must still mean the caller's folder.
+    tree = tmp_path / "data" / "tree"
+    tree.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    (run,) = batch.plan("resnet18", "cifar10", "smoke", [0], data_source="folder", data_root="data/tree",
+                        cache_dir="cache", results_dir="r", runs_dir="runs")
+    assert run.parameters["data_root"] == str(tree)
+    assert run.parameters["cache_dir"] == str(tmp_path / "cache")
+    assert run.parameters["results_dir"] == str(tmp_path / "r")
+    with pytest.raises(batch.BatchError, match="--root: .*missing is not a directory"):
+        batch.plan("resnet18", "cifar10", "smoke", [0], data_source="folder", data_root="missing",
+                   results_dir="r", runs_dir="runs")
+
+
 def test_wrong_parameter_type_is_refused_before_any_notebook(tmp_path):
     notebooks = _make_notebooks(tmp_path / "nb")
     runs = batch.plan("resnet18", "cifar10", "smoke", [0], results_dir=tmp_path / "r", runs_dir=tmp_path / "runs")
