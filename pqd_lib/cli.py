@@ -3,6 +3,7 @@
     pqd train  [PARAMS.yaml] [--preset P] [--source S] [--set key=value ...]   train/cache the FP32 baseline
     pqd run    [PARAMS.yaml] [--order PQD] ...                                 run the ordered pipeline
     pqd batch  --backbone B --dataset D --preset P --seeds 0 1 2               run the notebooks with papermill
+    pqd report [--results-dir reports/results] [--out reports]                 tables, figures, verdicts from records
 
 Every subcommand resolves a :class:`~pqd_lib.config.RunConfig` the same way as the notebooks
 (``parameters/*.yaml`` + preset + overrides) and prints one-line errors for bad input.
@@ -91,6 +92,25 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from . import report, results
+
+    start = time.perf_counter()
+    records = results.load_results(args.results_dir)
+    if records.empty:
+        print(f"pqd report: no records under {args.results_dir}; the tables say 'not resolved' and the figures "
+              "'no records' (fill the store with pqd batch)", file=sys.stderr)
+    paths = report.write_report(records, args.out, backbone=args.backbone, dataset=args.dataset, preset=args.preset)
+    from . import claims
+
+    table = claims.verdicts(claims.select(records, args.backbone, args.dataset, args.preset))
+    for row in table.itertuples():
+        print(f"{row.claim}  {row.verdict:<32}  {row.statement}")
+    print(f"{len(paths)} files written under {args.out}/ from {len(records)} records "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pqd`` command."""
     parser = argparse.ArgumentParser(prog="pqd", description=__doc__.splitlines()[0])
@@ -115,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_batch.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
     p_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_batch.set_defaults(func=_cmd_batch)
+    p_report = sub.add_parser("report", help="regenerate reports/ (tables, figures, claim verdicts) from the records")
+    p_report.add_argument("--results-dir", default="reports/results", help="the results store to read")
+    p_report.add_argument("--out", default="reports", help="where tables/ and figures/ are written")
+    p_report.add_argument("--backbone", help="keep one backbone's records (default: all)")
+    p_report.add_argument("--dataset", help="keep one dataset's records (default: all)")
+    p_report.add_argument("--preset", help="keep one preset's records (default: all)")
+    p_report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -11,7 +11,9 @@ store still renders.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,10 @@ __all__ = [
     "sparsity_sweep",
     "proxy_vs_latency",
     "accuracy_vs_cost",
+    "pareto_front",
+    "frontier",
+    "markdown_table",
+    "write_report",
 ]
 
 #: Resolution of every figure: small PNGs keep committed notebooks at a few hundred KB.
@@ -223,3 +229,142 @@ def accuracy_vs_cost(df: pd.DataFrame, cost: str = "latency_ms_p50", cost_label:
     ax.set(xlabel=cost_label, ylabel="test top-1 (%)", title=title)
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
+
+
+def pareto_front(df: pd.DataFrame, cost: str, value: str = "top1") -> pd.DataFrame:
+    """The rows no other row beats (lower or equal `cost` with higher `value`), sorted by `cost`."""
+    ordered = df.dropna(subset=[cost, value]).sort_values([cost, value], ascending=[True, False])
+    best, keep = -np.inf, []
+    for index, row in ordered.iterrows():
+        if row[value] > best:
+            keep.append(index)
+            best = row[value]
+    return ordered.loc[keep]
+
+
+def frontier(points: pd.DataFrame, title: str = "") -> Figure:
+    """Top-1 against latency (left) and size (right): one point per method, mean ± std over seeds.
+
+    `points`: one row per method and seed (:func:`pqd_lib.claims.methods`: ``method``, ``group``,
+    ``top1``, ``latency_ms_p50``, ``size_bytes``). The dashed line joins the Pareto frontier of
+    the means in each panel (nothing else is both cheaper and more accurate).
+    """
+    if points.empty:
+        return _empty()
+    fig, axes = _figure(2, figsize=(9, 4))
+    stats = points.assign(size_MiB=points["size_bytes"] / 2**20).groupby(["group", "method"], sort=False).agg(
+        top1=("top1", "mean"), top1_sd=("top1", "std"), latency=("latency_ms_p50", "mean"),
+        latency_sd=("latency_ms_p50", "std"), size=("size_MiB", "mean"), size_sd=("size_MiB", "std"),
+        n=("top1", "count")).reset_index()
+    markers = {"baseline": "s", "single stage": "^", "order": "o"}
+    palette = dict(zip(stats["method"], sns.color_palette("tab10", len(stats))))
+    for ax, cost, label in ((axes[0], "latency", "latency p50 (ms)"), (axes[1], "size", "size as saved (MiB)")):
+        for _, row in stats.iterrows():
+            ax.errorbar(row[cost], row["top1"], xerr=np.nan_to_num(row[f"{cost}_sd"]),
+                        yerr=np.nan_to_num(row["top1_sd"]), fmt=markers.get(row["group"], "o"), capsize=3,
+                        color=palette[row["method"]], label=f"{row['method']} (n={row['n']})")
+        front = pareto_front(stats, cost)
+        ax.plot(front[cost], front["top1"], linestyle="--", color="grey", linewidth=1, zorder=0,
+                label="Pareto frontier")
+        ax.set(xlabel=label, ylabel="test top-1 (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[1].legend(handles, labels, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A DataFrame as a GitHub markdown table (floats rounded to `digits`)."""
+    return df.to_markdown(index=False, floatfmt=f".{digits}g") + "\n"
+
+
+def _save_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    md, csv = folder / f"{name}.md", folder / f"{name}.csv"
+    _atomic_write(md, markdown_table(df))
+    _atomic_write(csv, df.to_csv(index=False, float_format="%.6g"))
+    return [md, csv]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_figure(fig: Figure, folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    tmp = folder / f".{name}.tmp.png"
+    # No timestamp or software tag in the PNG: the same records give the same bytes.
+    fig.savefig(tmp, dpi=100, metadata={"Software": None})
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", *, backbone: str | None = None,
+                 dataset: str | None = None, preset: str | None = None) -> list[Path]:
+    """Every table and figure of ``reports/`` from the records alone; return the paths written.
+
+    ``tables/*.md|csv``: methods (mean ± std per method), order_ablation, latency_forms (notebook 07),
+    proxy_correlation, paper_vs_ours, verdicts. ``figures/*.png``: frontier, order_ablation,
+    latency_forms, sparsity_sweep, proxy_vs_latency. The selection (backbone, dataset, preset) keeps
+    one cell's records; None keeps all of them.
+    """
+    from . import claims
+
+    out = Path(out_dir)
+    tables, figures = out / "tables", out / "figures"
+    df = claims.select(records, backbone, dataset, preset)
+    what = " ".join(str(v) for v in (backbone, dataset, preset and f"preset {preset}") if v)
+    written: list[Path] = []
+
+    points = claims.methods(df)
+    width = ", ".join(f"{w:g}" for w in sorted(points["width"].dropna().unique())) or "?"
+    at = (f"{int(points['threads'].min())} thread(s), batch {int(points['batch_size'].min())}" if len(points)
+          else "")
+    summary = mean_std(points.assign(size_MiB=points["size_bytes"] / 2**20), by=["group", "method"],
+                       metrics={"top1": "top-1 (%)", "size_MiB": "size (MiB)", "latency_ms_p50": "latency p50 (ms)"})
+    written += _save_table(summary, tables, "methods")
+    written.append(_save_figure(frontier(points, title=f"{what}, width {width}: accuracy vs latency ({at}) and size\n"
+                                                       "mean ± std over seeds"), figures, "frontier"))
+
+    deploy = df[df["kind"].eq("deploy")]
+    ablation = mean_std(deploy, by=["allocation", "order", "epochs"] if "epochs" in deploy else ["allocation", "order"],
+                        metrics={"top1": "deploy top-1 (%)", "fake_quant_top1": "fake-quant top-1 (%)",
+                                 "int8_agreement": "INT8 agreement (%)"})
+    written += _save_table(ablation, tables, "order_ablation")
+    baseline = points.loc[points["method"].eq("FP32 baseline"), "top1"].mean() if len(points) else None
+    written.append(_save_figure(order_ablation(deploy, baseline=None if pd.isna(baseline) else baseline,
+                                               title=f"{what}, width {width}: deploy top-1 by order; "
+                                                     "bars mean, whiskers std over seeds"), figures, "order_ablation"))
+
+    latency = df[df["kind"].eq("latency")].copy()
+    forms = latency[~latency["model"].astype(str).str.contains("sparse") & ~latency["runtime"].eq("torch-sparse-csr")]
+    written += _save_table(forms[["width", "model", "runtime", "threads", "batch_size", "latency_ms_p50",
+                                  "latency_ms_p90", "speedup_vs_fp32"]].sort_values(
+        ["width", "threads", "batch_size", "latency_ms_p50"]) if len(forms) else forms, tables, "latency_forms")
+    point = claims.protocol_point(forms)
+    written.append(_save_figure(latency_bars(point.assign(model=point["model"] + " · " + point["runtime"]),
+                                             title=f"{what}: latency p50 by form and runtime" + (
+                                                 f", {int(point['threads'].min())} thread(s), batch "
+                                                 f"{int(point['batch_size'].min())}" if len(point) else "")),
+                                figures, "latency_forms"))
+    sweep = claims.protocol_point(latency[latency["model"].astype(str).str.startswith("FP32")
+                                          & latency["runtime"].isin(["torch-eager", "torch-sparse-csr"])])
+    written.append(_save_figure(sparsity_sweep(sweep.assign(sparsity=pd.to_numeric(sweep.get("target_sparsity"),
+                                                                                   errors="coerce"),
+                                                            kernel=sweep["runtime"]),
+                                               title=f"{what}: latency vs sparsity"), figures, "sparsity_sweep"))
+    proxy = claims.protocol_point(latency.dropna(subset=["macs"]) if "macs" in latency else latency.iloc[:0])
+    written += _save_table(claims.proxy_correlations(proxy), tables, "proxy_correlation")
+    if len(proxy):
+        proxy = proxy.assign(mac_ratio=proxy["nonzero_macs"] / proxy["macs"],
+                             latency_ratio=proxy["latency_ms_p50"] / proxy["fp32_ms"],
+                             model=proxy["model"] + " · " + proxy["runtime"])
+    written.append(_save_figure(proxy_vs_latency(proxy, title=f"{what}: non-zero MACs vs measured latency"),
+                                figures, "proxy_vs_latency"))
+
+    written += _save_table(claims.paper_beside_ours(df), tables, "paper_vs_ours")
+    written += _save_table(claims.verdicts(df), tables, "verdicts")
+    return written
