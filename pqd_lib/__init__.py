@@ -15,8 +15,7 @@ below are loaded on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import attach
 
 __version__ = "0.1.0"
 
@@ -32,11 +31,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = attach(__name__, _LAZY, globals())

@@ -35,6 +35,7 @@ __all__ = [
     "pareto_front",
     "frontier",
     "markdown_table",
+    "provenance",
     "write_report",
 ]
 
@@ -302,12 +303,40 @@ def _save_figure(fig: Figure, folder: Path, name: str) -> Path:
     return path
 
 
+def provenance(records: pd.DataFrame) -> pd.DataFrame:
+    """Where the records come from, per notebook: preset, data source, seeds, code version, machine, dates."""
+    columns = ["notebook", "kind", "preset", "data_source", "records", "seeds", "git_commit", "git_dirty",
+               "machine", "torch", "dates"]
+    if records.empty:
+        return pd.DataFrame(columns=columns)
+    df = records.copy()
+    for column in ("notebook", "kind", "preset", "data_source", "seed", "timestamp", "cpu_model", "cpu_count",
+                   "torch_version", "git_commit", "git_dirty"):
+        if column not in df:
+            df[column] = None
+    rows = []
+    for (notebook, kind, preset, source), part in df.groupby(["notebook", "kind", "preset", "data_source"],
+                                                            dropna=False, sort=True):
+        dates = pd.to_datetime(part["timestamp"], errors="coerce", utc=True).dropna().dt.strftime("%Y-%m-%d")
+        machines = sorted({f"{m}, {int(c)} cores" for m, c in zip(part["cpu_model"], part["cpu_count"])
+                           if isinstance(m, str) and pd.notna(c)})
+        rows.append({"notebook": notebook, "kind": kind, "preset": preset, "data_source": source,
+                     "records": len(part), "seeds": " ".join(str(int(s)) for s in sorted(part["seed"].dropna().unique())),
+                     "git_commit": " ".join(sorted({str(c)[:10] for c in part["git_commit"].dropna()})) or "?",
+                     "git_dirty": bool(part["git_dirty"].eq(True).any()),
+                     "machine": "; ".join(machines) or "?",
+                     "torch": " ".join(sorted({str(t) for t in part["torch_version"].dropna()})) or "?",
+                     "dates": " to ".join(sorted({dates.min(), dates.max()})) if len(dates) else "?"})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", *, backbone: str | None = None,
                  dataset: str | None = None, preset: str | None = None) -> list[Path]:
     """Every table and figure of ``reports/`` from the records alone; return the paths written.
 
     ``tables/*.md|csv``: methods (mean ± std per method), order_ablation, latency_forms (notebook 07),
-    proxy_correlation, paper_vs_ours, verdicts. ``figures/*.png``: frontier, order_ablation,
+    proxy_correlation, paper_vs_ours, verdicts, provenance; ``summary.md`` gathers verdicts, methods,
+    the paper's numbers and provenance. ``figures/*.png``: frontier, order_ablation,
     latency_forms, sparsity_sweep, proxy_vs_latency. The selection (backbone, dataset, preset) keeps
     one cell's records; None keeps all of them.
     """
@@ -323,9 +352,10 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
     width = ", ".join(f"{w:g}" for w in sorted(points["width"].dropna().unique())) or "?"
     at = (f"{int(points['threads'].min())} thread(s), batch {int(points['batch_size'].min())}" if len(points)
           else "")
-    summary = mean_std(points.assign(size_MiB=points["size_bytes"] / 2**20), by=["group", "method"],
-                       metrics={"top1": "top-1 (%)", "size_MiB": "size (MiB)", "latency_ms_p50": "latency p50 (ms)"})
-    written += _save_table(summary, tables, "methods")
+    summary_table = mean_std(points.assign(size_MiB=points["size_bytes"] / 2**20), by=["group", "method"],
+                             metrics={"top1": "top-1 (%)", "size_MiB": "size (MiB)",
+                                      "latency_ms_p50": "latency p50 (ms)"})
+    written += _save_table(summary_table, tables, "methods")
     written.append(_save_figure(frontier(points, title=f"{what}, width {width}: accuracy vs latency ({at}) and size\n"
                                                        "mean ± std over seeds"), figures, "frontier"))
 
@@ -365,6 +395,25 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
     written.append(_save_figure(proxy_vs_latency(proxy, title=f"{what}: non-zero MACs vs measured latency"),
                                 figures, "proxy_vs_latency"))
 
-    written += _save_table(claims.paper_beside_ours(df), tables, "paper_vs_ours")
-    written += _save_table(claims.verdicts(df), tables, "verdicts")
+    paper = claims.paper_beside_ours(df)
+    written += _save_table(paper, tables, "paper_vs_ours")
+    verdicts = claims.verdicts(df)
+    written += _save_table(verdicts, tables, "verdicts")
+    origin = provenance(df)
+    written += _save_table(origin, tables, "provenance")
+
+    summary = out / "summary.md"
+    _atomic_write(summary, "\n".join([
+        f"# Summary: {what or 'every record'}",
+        "",
+        "Generated by `pqd report` from the records in the results store; do not edit by hand.",
+        f"{len(df)} records. Verdicts: paired one-sided t-tests over seeds at alpha {claims.ALPHA} "
+        "(see `pqd_lib/claims.py`).",
+        "",
+        "## Verdicts on the paper's claims", "", markdown_table(verdicts),
+        "## Methods (mean ± std over seeds)", "", markdown_table(summary_table),
+        "## The paper's numbers beside ours", "", markdown_table(paper),
+        "## Where the records come from", "", markdown_table(origin),
+    ]))
+    written.append(summary)
     return written

@@ -4,6 +4,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,3 +28,21 @@ def test_environment_yml_mirrors_pyproject_pins():
     assert got == wanted
     assert all(v.startswith("==") for v in wanted.values()), "every dependency is pinned"
     assert "python=3.11" in env["dependencies"]
+
+
+def test_lazy_public_names_resolve_and_never_shadow_a_submodule():
+    import importlib
+    import pkgutil
+
+    for package in ("pqd_lib", "pqd_lib.measure"):
+        module = importlib.import_module(package)
+        submodules = {m.name for m in pkgutil.iter_modules(module.__path__)}
+        for name in module.__all__:
+            if name == "__version__":
+                continue
+            assert name not in submodules, f"{package}.{name} is both a public name and a submodule"
+            assert getattr(module, name) is not None
+    from pqd_lib import _lazy
+
+    with pytest.raises(ValueError, match="submodule names"):
+        _lazy.attach("pkg", {"accuracy": "accuracy"}, {})

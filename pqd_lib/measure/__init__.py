@@ -6,8 +6,9 @@ The public names are re-exported lazily from their submodules:
 * :mod:`.latency` -- ``measure_latency``, ``measure_callable``, ``time_runs``, ``summarize``,
   ``save_artifact``, ``load_artifact``, ``model_form``
 * :mod:`.size` -- ``model_sizes``, ``sparse_encoding_bytes``, ``entropy_bound_bytes``, ``mib``
-* :mod:`.proxies` -- ``proxies``, ``count_params``, ``layer_macs``, ``weight_sparsity``
-* :mod:`.accuracy` -- ``accuracy``
+* :mod:`.proxies` -- ``count_params``, ``layer_macs``, ``weight_sparsity`` (and ``proxies``:
+  import it from :mod:`pqd_lib.measure.proxies`, since ``pqd_lib.measure.proxies`` is the module)
+* :mod:`.accuracy` -- import ``accuracy`` from :mod:`pqd_lib.measure.accuracy` (same reason)
 * :mod:`.onnx_runtime` -- ``export_onnx``, ``export_qat_onnx``, ``quantize_static_onnx``, ``session``
 * :mod:`.hardware` -- ``hardware_info``, ``describe``
 * :mod:`.sparse_kernels` -- ``to_csr_kernels``
@@ -15,8 +16,7 @@ The public names are re-exported lazily from their submodules:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import attach
 
 _LAZY = {
     "measure_latency": "latency",
@@ -31,11 +31,9 @@ _LAZY = {
     "sparse_encoding_bytes": "size",
     "entropy_bound_bytes": "size",
     "mib": "size",
-    "proxies": "proxies",
     "count_params": "proxies",
     "layer_macs": "proxies",
     "weight_sparsity": "proxies",
-    "accuracy": "accuracy",
     "export_onnx": "onnx_runtime",
     "export_qat_onnx": "onnx_runtime",
     "quantize_static_onnx": "onnx_runtime",
@@ -47,11 +45,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = attach(__name__, _LAZY, globals())
