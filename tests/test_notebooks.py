@@ -82,3 +82,22 @@ def test_committed_with_outputs_small_and_without_paths(path):
                 "".join(out.get("text", ""))
             for marker in ("/tmp/", "/home/", "/root/", "/Users/", str(NOTEBOOKS.parent)):
                 assert marker not in text, f"{path.name}: an output holds a machine path ({marker}...)"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
+def test_first_code_cell_sets_up_colab_and_does_nothing_elsewhere(path):
+    """The Colab set-up cell (scripts/sync_links.py) comes first, is committed without output, is not a
+    checked cell, and off Colab only defines `colab_data_source = None`, which the config cell honours."""
+    nb = _load(path)
+    (first, src), (second, _) = _code(nb)[:2]
+    assert first.get("id") == "pqd-colab-setup" and "parameters" in second["metadata"].get("tags", [])
+    assert first["outputs"] == [] and "NBVAL_CHECK_OUTPUT" not in src
+    assert '"google.colab" in sys.modules' in src
+    namespace: dict = {}
+    exec(compile(src, path.name, "exec"), namespace)  # not on Colab here: nothing is cloned or installed
+    if path.name.startswith("08"):
+        assert namespace["on_colab"] is False
+    else:
+        assert namespace["colab_data_source"] is None
+        config_cells = [s for _, s in _code(nb) if "config.cell(" in s]
+        assert config_cells and all('"source": colab_data_source or data_source' in s for s in config_cells)

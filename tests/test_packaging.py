@@ -1,5 +1,7 @@
 """The environment is pinned once: environment.yml mirrors pyproject.toml."""
 
+import ast
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -46,3 +48,26 @@ def test_lazy_public_names_resolve_and_never_shadow_a_submodule():
 
     with pytest.raises(ValueError, match="submodule names"):
         _lazy.attach("pkg", {"accuracy": "accuracy"}, {})
+
+
+def test_binder_installs_pqd_itself_and_opens_a_cpu_preset():
+    """Binder builds from environment.yml: its pip section installs pqd from the checkout, and the
+    notebook its badge opens defaults to a preset meant for a CPU (Binder has no GPU)."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert "-e ." in pip_section
+    assert not (ROOT / "binder").exists(), "a binder/ folder would make Binder ignore environment.yml"
+    nb = json.loads((ROOT / "notebooks" / "05_pipeline.ipynb").read_text())
+    params = next("".join(c["source"]) for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    preset = next(ast.literal_eval(n.value) for n in ast.parse(params).body
+                  if isinstance(n, ast.Assign) and n.targets[0].id == "preset")
+    assert preset in ("smoke", "mini")
+
+
+def test_browser_test_runs_in_ci():
+    """`.ci/run` installs Chromium for tests/test_browser.py, which `make test` runs (marker registered)."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install" in ci and "chromium" in ci and "make test" in ci
+    pytest_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert any(m.startswith("browser:") for m in pytest_cfg["markers"])
+    assert "browser" not in pytest_cfg["addopts"], "the browser test must not be deselected by default"
