@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ALPHA", "HOLDS", "FAILS", "UNRESOLVED", "PAPER_VALUES", "Comparison", "select", "protocol_point",
+           "pipeline_target",
            "methods", "paired", "verdicts", "paper_beside_ours", "proxy_correlations"]
 
 #: One-sided significance level of every paired comparison.
@@ -69,7 +70,27 @@ def select(df: pd.DataFrame, backbone: str | None = None, dataset: str | None = 
     for column in ("threads", "batch_size", "seed", "top1", "size_bytes", "latency_ms_p50", "latency_ms_p90",
                    "width", "sparsity"):
         out[column] = pd.to_numeric(out[column], errors="coerce") if column in out else np.nan
+    if "run_id" in out and "data_source" in out and len(out):
+        # Some records name the source kind ("folder"), others what was loaded ("CIFAR-10 (JPEG q75
+        # mirror)"); the records of one run share their data, so the description is given to all.
+        described = out[~out["data_source"].isin(_SOURCE_KINDS) & out["data_source"].notna()]
+        names = described.groupby("run_id")["data_source"].first()
+        mapped = out["run_id"].map(names).astype(object)
+        out["data_source"] = mapped.where(mapped.notna(), out["data_source"])
     return out
+
+
+_SOURCE_KINDS = {"torchvision", "folder", "embedded"}
+
+
+def pipeline_target(df: pd.DataFrame) -> float | None:
+    """The pipeline's target sparsity: notebook 02 also prunes to other targets, so it is read elsewhere."""
+    for config in df.loc[df["notebook"].ne("02"), "config"] if "config" in df else []:
+        try:
+            return float(config["prune"]["target_sparsity"])
+        except (TypeError, KeyError):
+            continue
+    return None
 
 
 def protocol_point(df: pd.DataFrame) -> pd.DataFrame:
@@ -80,11 +101,11 @@ def protocol_point(df: pd.DataFrame) -> pd.DataFrame:
     return timed[timed["threads"].eq(timed["threads"].min()) & timed["batch_size"].eq(timed["batch_size"].min())]
 
 
-def _target_name(config: object) -> str | None:
-    try:
-        return f"P{round(100 * config['prune']['target_sparsity'])}"  # type: ignore[index]
-    except (TypeError, KeyError):
-        return None
+def _pruned_alone(df: pd.DataFrame) -> Callable[[pd.Series], bool]:
+    """Selects notebook 02's model pruned to the pipeline's own target (named e.g. ``P50``)."""
+    target = pipeline_target(df)
+    name = None if target is None else f"P{round(100 * target)}"
+    return lambda row: row["model"] == name
 
 
 def methods(df: pd.DataFrame) -> pd.DataFrame:
@@ -99,10 +120,11 @@ def methods(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     pick = {"01": ("baseline", "FP32 baseline", "baseline"), "03": ("Q", "Q alone", "single stage"),
             "04": ("D", "D alone", "single stage")}
+    pruned = _pruned_alone(df)
     for _, r in measured.iterrows():
         if r["notebook"] in pick and r["model"] == pick[r["notebook"]][0]:
             rows.append({**r, "method": pick[r["notebook"]][1], "group": pick[r["notebook"]][2]})
-        elif r["notebook"] == "02" and r["model"] == _target_name(r.get("config")):
+        elif r["notebook"] == "02" and pruned(r):
             rows.append({**r, "method": "P alone", "group": "single stage"})
     deploy = protocol_point(df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage")])
     for _, r in deploy.iterrows():
@@ -186,7 +208,7 @@ def _speedup(base: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.Series, pd.Ser
 def _c1(df: pd.DataFrame) -> list[dict[str, str]]:
     out = []
     speed = {}
-    for nb, name, model in (("02", "P", lambda r: r["model"] == _target_name(r.get("config"))), ("03", "Q", "Q"),
+    for nb, name, model in (("02", "P", _pruned_alone(df)), ("03", "Q", "Q"),
                             ("04", "D", "D")):
         base, other, ratio = _speedup(_measured(df, nb, "baseline"), _measured(df, nb, model))
         speed[name] = (base, other, ratio)
@@ -244,7 +266,7 @@ def _full_width_latency(df: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Seri
 
 def _c2(df: pd.DataFrame) -> list[dict[str, str]]:
     base = _measured(df, "02", "baseline")
-    pruned = _measured(df, "02", lambda r: r["model"] == _target_name(r.get("config")))
+    pruned = _measured(df, "02", _pruned_alone(df))
     b, p, ratio = _speedup(base, pruned)
     statement = "Pruning alone gives no CPU speed-up (dense kernels)"
     if ratio.empty:

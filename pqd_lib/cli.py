@@ -93,21 +93,21 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from . import report, results
+    from . import claims, report, results
 
     start = time.perf_counter()
     records = results.load_results(args.results_dir)
-    if records.empty:
-        print(f"pqd report: no records under {args.results_dir}; the tables say 'not resolved' and the figures "
-              "'no records' (fill the store with pqd batch)", file=sys.stderr)
-    paths = report.write_report(records, args.out, backbone=args.backbone, dataset=args.dataset, preset=args.preset)
-    from . import claims
-
-    table = claims.verdicts(claims.select(records, args.backbone, args.dataset, args.preset))
-    for row in table.itertuples():
-        print(f"{row.claim}  {row.verdict:<32}  {row.statement}")
-    print(f"{len(paths)} files written under {args.out}/ from {len(records)} records "
-          f"in {time.perf_counter() - start:.1f} s")
+    written = report.write_reports(records, args.out, backbone=args.backbone, dataset=args.dataset,
+                                   preset=args.preset)
+    if not written:
+        print(f"pqd report: no records under {args.results_dir} match the selection; fill the store with "
+              "pqd batch (see reports/README.md)", file=sys.stderr)
+        return 1
+    for (backbone, dataset, preset), paths in written.items():
+        print(f"{backbone} {dataset} {preset}: {len(paths)} files in {args.out}/{backbone}-{dataset}-{preset}/")
+        for row in claims.verdicts(claims.select(records, backbone, dataset, preset)).itertuples():
+            print(f"  {row.claim}  {row.verdict:<32}  {row.statement}")
+    print(f"{len(records)} records read in {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -31,12 +31,13 @@ __all__ = [
     "latency_bars",
     "sparsity_sweep",
     "proxy_vs_latency",
-    "accuracy_vs_cost",
     "pareto_front",
     "frontier",
     "markdown_table",
     "provenance",
     "write_report",
+    "cells",
+    "write_reports",
 ]
 
 #: Resolution of every figure: small PNGs keep committed notebooks at a few hundred KB.
@@ -212,22 +213,6 @@ def proxy_vs_latency(df: pd.DataFrame, title: str = "") -> Figure:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="latency = MAC ratio")
     ax.set(xlabel="non-zero MACs / dense MACs", ylabel="latency / dense FP32 latency", xlim=(0, 1.05),
            ylim=(0, top), title=title)
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return fig
-
-
-def accuracy_vs_cost(df: pd.DataFrame, cost: str = "latency_ms_p50", cost_label: str = "latency p50 (ms)",
-                     hue: str = "model", title: str = "") -> Figure:
-    """Top-1 against a cost (latency or size), one point per group of `hue`: mean with ± std bars over rows."""
-    df = df.dropna(subset=["top1", cost]) if not df.empty else df
-    if df.empty:
-        return _empty()
-    fig, (ax,) = _figure()
-    stats = df.groupby(hue).agg(x=(cost, "mean"), xs=(cost, "std"), y=("top1", "mean"), ys=("top1", "std"))
-    for name, row in stats.iterrows():
-        ax.errorbar(row["x"], row["y"], xerr=np.nan_to_num(row["xs"]), yerr=np.nan_to_num(row["ys"]), fmt="o",
-                    capsize=3, label=str(name))
-    ax.set(xlabel=cost_label, ylabel="test top-1 (%)", title=title)
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
@@ -416,4 +401,27 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
         "## Where the records come from", "", markdown_table(origin),
     ]))
     written.append(summary)
+    return written
+
+
+def cells(records: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The (backbone, dataset, preset) cells present in `records`, sorted."""
+    if records.empty:
+        return []
+    keys = records[["backbone", "dataset", "preset"]].dropna().drop_duplicates()
+    return sorted(tuple(str(v) for v in row) for row in keys.itertuples(index=False))
+
+
+def write_reports(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", *, backbone: str | None = None,
+                  dataset: str | None = None, preset: str | None = None) -> dict[tuple[str, str, str], list[Path]]:
+    """:func:`write_report` for every selected cell, each into ``<out_dir>/<backbone>-<dataset>-<preset>/``.
+
+    Cells never mix: seeds, widths and protocols differ between them. An empty selection writes
+    nothing and returns an empty dict.
+    """
+    written = {}
+    for cell in cells(records):
+        if all(want is None or want == have for want, have in zip((backbone, dataset, preset), cell)):
+            written[cell] = write_report(records, Path(out_dir) / "-".join(cell), backbone=cell[0],
+                                         dataset=cell[1], preset=cell[2])
     return written

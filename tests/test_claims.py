@@ -20,7 +20,8 @@ def _records(pqd_gain: float = 2.0, noise: float = 0.1, seeds=(0, 1, 2), int8_ms
 
     def add(**fields):
         rows.append({"backbone": "resnet18", "dataset": "cifar10", "preset": "mini", "width": 0.25,
-                     "config": CONFIG, "runtime": "torch-eager", "threads": 1, "batch_size": 1, **fields})
+                     "config": CONFIG, "runtime": "torch-eager", "threads": 1, "batch_size": 1,
+                     "run_id": f"run-{fields['seed']}", "data_source": "folder", **fields})
 
     for seed in seeds:
         jitter = lambda: float(rng.normal(0, noise))  # noqa: E731
@@ -29,6 +30,8 @@ def _records(pqd_gain: float = 2.0, noise: float = 0.1, seeds=(0, 1, 2), int8_ms
             add(seed=seed, notebook=nb, kind="measured", model="baseline", form="fp32", **fp32)
         add(seed=seed, notebook="02", kind="measured", model="P50", form="fp32", top1=79 + jitter(),
             size_bytes=2_000_000, latency_ms_p50=2.0 + jitter() / 10)
+        add(seed=seed, notebook="02", kind="measured", model="P90", form="fp32", top1=60 + jitter(),
+            size_bytes=2_000_000, latency_ms_p50=2.0, config={**CONFIG, "prune": {"target_sparsity": 0.9}})
         add(seed=seed, notebook="03", kind="measured", model="Q", form="int8", top1=78 + jitter(),
             size_bytes=600_000, latency_ms_p50=int8_ms + jitter() / 10)
         add(seed=seed, notebook="04", kind="measured", model="D", form="fp32", top1=80.5 + jitter(),
@@ -39,7 +42,8 @@ def _records(pqd_gain: float = 2.0, noise: float = 0.1, seeds=(0, 1, 2), int8_ms
                 add(seed=seed, notebook="06", kind="deploy", order=order, allocation=allocation, top1=top1,
                     size_bytes=600_000, latency_ms_p50=int8_ms + jitter() / 10, form="int8", epochs="1/2/2",
                     fake_quant_top1=top1, int8_agreement=99.5)
-        add(seed=seed, notebook="05", kind="stage", order="PQD", stage="Q", top1=77 + jitter())
+        add(seed=seed, notebook="05", kind="stage", order="PQD", stage="Q", top1=77 + jitter(),
+            data_source="CIFAR-10 (JPEG q75 mirror)")
         add(seed=seed, notebook="05", kind="stage", order="PQD", stage="D", top1=79 + jitter(), deploy_form="int8")
     for width, model, runtime, target, ms in [(1.0, "FP32", "torch-eager", 0.0, 17.6),
                                               (1.0, "INT8", "torch-eager", 0.0, 3.3),
@@ -103,6 +107,13 @@ def test_methods_picks_one_row_per_method_and_seed():
     assert set(counts) == {3}
     assert {"FP32 baseline", "P alone", "Q alone", "D alone", "P → Q → D"} <= set(counts.index)
     assert len(counts) == 4 + len(claims.ORDERS)
+    p_alone = claims.methods(claims.select(_records())).query("method == 'P alone'")
+    assert p_alone["top1"].gt(70).all()  # the pipeline's 50 %, not notebook 02's 90 % sweep point
+
+
+def test_the_loaded_data_description_reaches_every_record_of_a_run():
+    df = claims.select(_records())
+    assert set(df["data_source"]) == {"CIFAR-10 (JPEG q75 mirror)"}
 
 
 def test_empty_store_gives_unresolved_verdicts_and_still_writes_every_file(tmp_path):
@@ -139,8 +150,14 @@ def test_pqd_report_command_regenerates_from_the_store(tmp_path, capsys):
 
     store = tmp_path / "results"
     for i, row in enumerate(_records().to_dict("records")):
-        results.append({**row, "run_id": f"run-{row['seed']}", "record_id": f"r{i}"}, store)
-    assert cli.main(["report", "--results-dir", str(store), "--out", str(tmp_path / "out"), "--preset", "mini"]) == 0
+        results.append({**row, "record_id": f"r{i}"}, store)
+    other = {**_records(seeds=(0,)).iloc[0].to_dict(), "preset": "smoke", "run_id": "smoke-0", "record_id": "s0"}
+    results.append(other, store)
+    assert cli.main(["report", "--results-dir", str(store), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "C3  holds" in out and "files written" in out
-    assert (tmp_path / "out" / "figures" / "frontier.png").stat().st_size > 1000
+    assert "C3  holds" in out
+    cell = tmp_path / "out" / "resnet18-cifar10-mini"
+    assert (cell / "figures" / "frontier.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "resnet18-cifar10-smoke" / "summary.md").is_file()  # cells never mix
+    assert cli.main(["report", "--results-dir", str(store), "--out", str(tmp_path / "o2"), "--preset", "paper"]) == 1
+    assert "no records" in capsys.readouterr().err

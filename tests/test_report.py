@@ -39,8 +39,6 @@ FRAMES = {
                         "kernel": ["dense", "dense", "csr", "csr"], "width": [1.0] * 4}, {}),
     "proxy_vs_latency": ({"mac_ratio": [1.0, 0.1], "latency_ratio": [1.0, 1.0], "model": ["FP32", "P90"],
                           "width": [1.0, 1.0]}, {}),
-    "accuracy_vs_cost": ({"model": ["FP32", "FP32", "INT8"], "top1": [90.0, 91.0, 89.0],
-                          "latency_ms_p50": [2.0, 2.2, 0.5]}, {}),
 }
 
 
