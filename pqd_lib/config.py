@@ -202,6 +202,11 @@ class PipelineConfig:
     # by_position: `epochs` are for the first, second and third stage run.
     allocation: Literal["by_stage", "by_position"] = "by_stage"
     epochs: tuple[int, int, int] = (20, 40, 40)
+    # After Q, P and D fine-tune a quantization-aware model: at most Q's learning rate
+    # (quantize.lr) there, since QAT fine-tuning wants small steps (torchvision's recipe) and the
+    # stages' own 10x larger rate collapsed it (mini, seed 0: D after Q took P->Q->D from 59.1 % to
+    # 40.0 %; see reports/README.md). False keeps every stage's own rate wherever it runs.
+    qat_lr_after_q: bool = True
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ third stage run get ``epochs[0..2]``); each record says which.
 
 State that outlives a stage travels in a :class:`~pqd_lib.stages.StageContext`: P's masks are
 re-applied after every optimiser step of every later stage and carried across Q's QAT prepare;
-after Q every stage trains the fake-quant model (a P after Q prunes its float weights) and
-evaluates with observers paused; D reads the frozen teacher. At the end the model takes its
+after Q every stage trains the fake-quant model (a P after Q prunes its float weights) at most at
+Q's learning rate (``pipeline.qat_lr_after_q``) and evaluates with observers paused; D reads the frozen teacher. At the end the model takes its
 deploy form: a real INT8 model (``convert_fx``) when Q ran, else FP32 -- sparse when P ran,
 with the mask buffers folded away so its state dict loads into a freshly built network.
 
@@ -103,6 +103,13 @@ def _target_names(model: nn.Module, cfg: RunConfig) -> list[str]:
                                             prune_classifier=cfg.prune.prune_classifier))
 
 
+def _after_q(cfg: RunConfig) -> RunConfig:
+    """`cfg` for a stage that trains the fake-quant model: P's and D's rates capped at Q's (``pipeline.qat_lr_after_q``)."""
+    lr = cfg.quantize.lr
+    cfg = config_mod.with_section(cfg, "prune", lr=min(cfg.prune.lr, lr))
+    return config_mod.with_section(cfg, "distill", lr=min(cfg.distill.lr, lr))
+
+
 def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, order: str | None = None,
                teacher: nn.Module | None = None, progress: bool | None = None,
                extra_record: dict[str, Any] | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -141,8 +148,11 @@ def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, o
     for position, (letter, stage_epochs) in enumerate(zip(order, epochs)):
         ctx.position, ctx.epochs, ctx.history, ctx.extra = position, stage_epochs, [], {}
         start = time.perf_counter()
-        model = STAGES[letter](model, cfg, data, ctx)
+        stage_cfg = _after_q(cfg) if ctx.fake_quant and cfg.pipeline.qat_lr_after_q else cfg
+        model = STAGES[letter](model, stage_cfg, data, ctx)
         wall = time.perf_counter() - start
+        ctx.extra.setdefault("lr", {"P": stage_cfg.prune.lr, "Q": stage_cfg.quantize.lr,
+                                    "D": stage_cfg.distill.lr}[letter])
         with ctx.evaluation(model):
             test = train.evaluate(model, data, **eval_kw)
         sparsity = prune_stage.sparsity_of(_weights(model), _target_names(model, cfg))

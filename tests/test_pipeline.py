@@ -108,6 +108,17 @@ def test_every_order_runs_and_ends_in_the_form_its_letters_imply(order, baseline
     assert not P.masks(baseline) and not Q.is_fake_quant(baseline)
 
 
+@pytest.mark.parametrize("capped", [True, False])
+def test_stages_after_q_train_at_most_at_q_learning_rate(capped, baseline, cfg, small):
+    # A 10x larger rate after Q collapsed the fake-quant model on the mini preset (59 -> 40 % in D).
+    cfg_c = C.with_section(cfg, "pipeline", qat_lr_after_q=capped)
+    _, records = pipeline.run_stages(baseline, cfg_c, small, order="DQP", teacher=baseline, progress=False)
+    lrs = {r["stage"]: r["details"]["lr"] for r in records}
+    assert lrs["D"] == cfg.distill.lr and lrs["Q"] == cfg.quantize.lr  # D ran before Q: its own rate
+    assert lrs["P"] == (min(cfg.prune.lr, cfg.quantize.lr) if capped else cfg.prune.lr)
+    assert cfg.quantize.lr < cfg.prune.lr  # otherwise the test would not test anything
+
+
 def test_epoch_allocation_by_stage_and_by_position():
     assert pipeline.allocate_epochs("PQD", (20, 40, 40), "by_stage") == [20, 40, 40]
     assert pipeline.allocate_epochs("DP", (20, 40, 40), "by_stage") == [40, 20]
