@@ -65,7 +65,8 @@ def test_clear_effects_hold_and_noise_stays_unresolved():
     table = claims.verdicts(claims.select(_records(pqd_gain=2.0)))
     assert _verdict(table, "C1", "trained width") == claims.HOLDS
     assert _verdict(table, "C1", "full width") == claims.HOLDS
-    assert _verdict(table, "C2") == claims.HOLDS
+    assert _verdict(table, "C2", "trained width") == claims.HOLDS
+    assert _verdict(table, "C2", "full width") == claims.HOLDS
     assert _verdict(table, "C3") == claims.HOLDS
     assert _verdict(table, "C4") == claims.HOLDS
     # D alone is more accurate and Q alone as small and fast: the pipeline cannot dominate them.
