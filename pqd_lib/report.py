@@ -259,9 +259,11 @@ def frontier(points: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
-def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
-    """A DataFrame as a GitHub markdown table (floats rounded to `digits`)."""
-    return df.to_markdown(index=False, floatfmt=f".{digits}g") + "\n"
+def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
+    """A DataFrame as a GitHub markdown table (floats to `digits` significant digits, text as written)."""
+    shown = df.apply(lambda column: column.map(lambda v: f"{v:.{digits}g}" if isinstance(v, float) else v))
+    # disable_numparse: text such as "59.72" (from mean_std) is not parsed and re-rounded.
+    return shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def _save_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
