@@ -107,7 +107,7 @@ def metric_bars(df: pd.DataFrame, metrics: Mapping[str, str], label: str = "mode
         ax.set_ylabel("" if ax is not axes[0] else label)
         if ax is not axes[0]:
             ax.set_yticklabels([])
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize="medium")
     return fig
 
 
@@ -130,7 +130,7 @@ def sparsity_tradeoff(df: pd.DataFrame, title: str = "") -> Figure:
     right.plot(df["sparsity"], proxy, linestyle="--", marker="x", label="non-zero MACs would predict")
     right.set(xlabel="sparsity", ylabel="latency p50 (ms)", title="CPU latency", ylim=(0, None))
     right.legend(fontsize="small")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize="medium")
     return fig
 
 
@@ -177,7 +177,7 @@ def latency_bars(df: pd.DataFrame, title: str = "") -> Figure:
         ax.set(xlabel="latency p50 (ms)", ylabel="", title=f"width {width:g}")
         if ax is not axes[0]:
             ax.set_yticklabels([])
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize="medium")
     return fig
 
 
@@ -194,7 +194,7 @@ def sparsity_sweep(df: pd.DataFrame, title: str = "") -> Figure:
         ax.set(xlabel="sparsity", ylabel="latency p50 (ms)", title=f"width {width:g}", ylim=(0, None))
     if axes[-1].get_legend() is not None:
         sns.move_legend(axes[-1], "best", fontsize="x-small", title_fontsize="x-small")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize="medium")
     return fig
 
 
