@@ -23,7 +23,6 @@ Nothing here reads a file: functions take the DataFrame of :func:`pqd_lib.result
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,11 +100,15 @@ def protocol_point(df: pd.DataFrame) -> pd.DataFrame:
     return timed[timed["threads"].eq(timed["threads"].min()) & timed["batch_size"].eq(timed["batch_size"].min())]
 
 
-def _pruned_alone(df: pd.DataFrame) -> Callable[[pd.Series], bool]:
-    """Selects notebook 02's model pruned to the pipeline's own target (named e.g. ``P50``)."""
+def _pruned_alone(df: pd.DataFrame) -> str | None:
+    """The name of notebook 02's model pruned to the pipeline's own target (e.g. ``P50``)."""
     target = pipeline_target(df)
-    name = None if target is None else f"P{round(100 * target)}"
-    return lambda row: row["model"] == name
+    return None if target is None else f"P{round(100 * target)}"
+
+
+#: The single-stage methods: (notebook, model name or None for P at the pipeline's target, method, group).
+_SINGLES = (("01", "baseline", "FP32 baseline", "baseline"), ("02", None, "P alone", "single stage"),
+            ("03", "Q", "Q alone", "single stage"), ("04", "D", "D alone", "single stage"))
 
 
 def methods(df: pd.DataFrame) -> pd.DataFrame:
@@ -116,23 +119,14 @@ def methods(df: pd.DataFrame) -> pd.DataFrame:
     ``method``, ``group`` (baseline / single stage / order), ``seed``, ``width``, ``top1``,
     ``size_bytes``, ``latency_ms_p50``, ``latency_ms_p90``, ``threads``, ``batch_size``, ``form``.
     """
-    measured = protocol_point(df[df["kind"].eq("measured") & df["runtime"].fillna("torch-eager").eq("torch-eager")])
-    rows = []
-    pick = {"01": ("baseline", "FP32 baseline", "baseline"), "03": ("Q", "Q alone", "single stage"),
-            "04": ("D", "D alone", "single stage")}
-    pruned = _pruned_alone(df)
-    for _, r in measured.iterrows():
-        if r["notebook"] in pick and r["model"] == pick[r["notebook"]][0]:
-            rows.append({**r, "method": pick[r["notebook"]][1], "group": pick[r["notebook"]][2]})
-        elif r["notebook"] == "02" and pruned(r):
-            rows.append({**r, "method": "P alone", "group": "single stage"})
-    deploy = protocol_point(df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage")])
-    for _, r in deploy.iterrows():
-        rows.append({**r, "method": _arrow(r["order"]), "group": "order"})
     columns = ["method", "group", "seed", "width", "top1", "size_bytes", "latency_ms_p50", "latency_ms_p90",
                "threads", "batch_size", "form"]
-    out = pd.DataFrame(rows, columns=list(dict.fromkeys([*columns, *(rows[0].keys() if rows else [])])))
-    return out[columns].sort_values(["group", "method", "seed"], kind="stable").reset_index(drop=True)
+    parts = [_measured(df, nb, model or _pruned_alone(df)).assign(method=method, group=group)
+             for nb, model, method, group in _SINGLES]
+    deploy = protocol_point(df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage")])
+    parts.append(deploy.assign(method=deploy["order"].map(_arrow), group="order"))
+    out = pd.concat([part.reindex(columns=columns) for part in parts], ignore_index=True)
+    return out.sort_values(["group", "method", "seed"], kind="stable").reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -188,11 +182,10 @@ def _by_seed(df: pd.DataFrame, column: str) -> pd.Series:
     return df.groupby("seed")[column].mean()
 
 
-def _measured(df: pd.DataFrame, notebook: str, model: str | Callable[[pd.Series], bool]) -> pd.DataFrame:
+def _measured(df: pd.DataFrame, notebook: str, model: str | None) -> pd.DataFrame:
+    """Notebook `notebook`'s eager-runtime measurements of `model` at the protocol point."""
     rows = protocol_point(df[df["kind"].eq("measured") & df["notebook"].eq(notebook)
                              & df["runtime"].fillna("torch-eager").eq("torch-eager")])
-    if callable(model):
-        return rows[rows.apply(model, axis=1)] if len(rows) else rows
     return rows[rows["model"].eq(model)]
 
 

@@ -11,8 +11,8 @@ third stage run get ``epochs[0..2]``); each record says which.
 State that outlives a stage travels in a :class:`~pqd_lib.stages.StageContext`: P's masks are
 re-applied after every optimiser step of every later stage and carried across Q's QAT prepare;
 after Q every stage trains the fake-quant model (a P after Q prunes its float weights) at most at
-Q's learning rate (``pipeline.qat_lr_after_q``) and evaluates with observers paused; D reads the frozen teacher. At the end the model takes its
-deploy form: a real INT8 model (``convert_fx``) when Q ran, else FP32 -- sparse when P ran,
+Q's learning rate (``pipeline.qat_lr_after_q``) and evaluates with observers paused; D reads the
+frozen teacher. At the end the model takes its deploy form: a real INT8 model (``convert_fx``) when Q ran, else FP32 -- sparse when P ran,
 with the mask buffers folded away so its state dict loads into a freshly built network.
 
 Every stage appends one record (a flat dict, plus the stage's training history): order, stage,
