@@ -406,12 +406,14 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
     return written
 
 
-def cells(records: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """The (backbone, dataset, preset) cells present in `records`, sorted."""
+def cells(records: pd.DataFrame, backbone: str | None = None, dataset: str | None = None,
+          preset: str | None = None) -> list[tuple[str, str, str]]:
+    """The (backbone, dataset, preset) cells present in `records` that match the selection (None: any), sorted."""
     if records.empty:
         return []
     keys = records[["backbone", "dataset", "preset"]].dropna().drop_duplicates()
-    return sorted(tuple(str(v) for v in row) for row in keys.itertuples(index=False))
+    present = sorted(tuple(str(v) for v in row) for row in keys.itertuples(index=False))
+    return [c for c in present if all(want is None or want == have for want, have in zip((backbone, dataset, preset), c))]
 
 
 def write_reports(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", *, backbone: str | None = None,
@@ -421,9 +423,6 @@ def write_reports(records: pd.DataFrame, out_dir: str | os.PathLike = "reports",
     Cells never mix: seeds, widths and protocols differ between them. An empty selection writes
     nothing and returns an empty dict.
     """
-    written = {}
-    for cell in cells(records):
-        if all(want is None or want == have for want, have in zip((backbone, dataset, preset), cell)):
-            written[cell] = write_report(records, Path(out_dir) / "-".join(cell), backbone=cell[0],
-                                         dataset=cell[1], preset=cell[2])
-    return written
+    return {cell: write_report(records, Path(out_dir) / "-".join(cell), backbone=cell[0], dataset=cell[1],
+                               preset=cell[2])
+            for cell in cells(records, backbone, dataset, preset)}
