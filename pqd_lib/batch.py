@@ -32,6 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from . import config as config_mod
+from ._atomic import atomic_write_text
 
 __all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "notebook_names"]
 
@@ -181,12 +182,6 @@ def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data
     return runs
 
 
-def _write_marker(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: Path = NOTEBOOKS_DIR,
               kernel_name: str = "python3", progress: bool = True, log=print) -> BatchResult:
     """Execute `notebooks` for every run with papermill; skip what is done, list what failed."""
@@ -215,8 +210,9 @@ def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: P
             reason = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', str(exc))}"
             result.failed.append((out, reason.splitlines()[0][:300]))
             continue
-        _write_marker(marker, {"run_id": run.run_id, "notebook": nb, "seconds": round(time.perf_counter() - start, 2),
-                               "parameters": params})
+        done = {"run_id": run.run_id, "notebook": nb, "seconds": round(time.perf_counter() - start, 2),
+                "parameters": params}
+        atomic_write_text(marker, json.dumps(done, indent=1))
         result.executed.append(out)
     bar.close()
     log(f"pqd batch: {len(result.executed)} executed, {len(result.skipped)} already done, "

@@ -38,7 +38,6 @@ import io
 import math
 import os
 import tarfile
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DataConfig
+from ._atomic import atomic_path
 
 __all__ = [
     "DataError",
@@ -407,15 +407,8 @@ def _cached(cache: Path, slot: str, key_parts: Sequence[Any], build: Callable[[]
             warnings.warn(f"ignoring unreadable data cache {path} ({exc}); decoding again", stacklevel=3)
     data = build()
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{slot}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(_to_payload(data), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            torch.save(_to_payload(data), tmp)
         for old in cache.glob(f"{slot}-*.pt"):
             if old != path:
                 old.unlink(missing_ok=True)

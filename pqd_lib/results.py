@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from .config import RunConfig, config_hash, run_id, to_dict
+from ._atomic import atomic_write_text
 
 __all__ = ["SCHEMA_VERSION", "DEFAULT_RESULTS_DIR", "COLUMNS", "ResultsError", "code_version", "make_record",
            "append", "load_results"]
@@ -162,13 +163,7 @@ def append(record: dict[str, Any], results_dir: str | os.PathLike | None = None,
     if path.exists() and not replace:
         raise ResultsError(f"{path}: a record with id {record['record_id']!r} exists already; records are never rewritten")
     # The temporary name does not end in .json, so a concurrent load_results never picks it up.
-    tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_text(json.dumps(_plain(record), indent=1, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, json.dumps(_plain(record), indent=1, sort_keys=False) + "\n")
 
 
 def load_results(results_dir: str | os.PathLike | None = None) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from . import config as config_mod
 from . import data as data_mod
+from ._atomic import atomic_path
 from .config import RunConfig
 
 __all__ = [
@@ -233,13 +234,8 @@ def evaluate(model: nn.Module, data: data_mod.DataSplits, *, split: str = "test"
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file beside `path`, then rename: a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from ..config import MeasureConfig
+from .._atomic import atomic_path
 from .hardware import hardware_info
 
 __all__ = [
@@ -244,13 +245,8 @@ def save_artifact(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, 
         # Batch 2 in the example: with 1 the exporter specialises the batch axis to a constant.
         program = torch.export.export(model, (torch.zeros(2, *input_shape),),
                                       dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")  # torch.export wants the .pt2 suffix
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:  # torch.export wants the .pt2 suffix
         torch.export.save(program, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -51,6 +51,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import atomic_path
+
 __all__ = [
     "OnnxError",
     "INPUT_NAME",
@@ -122,13 +124,8 @@ def _merge_metadata(model: Any, metadata: dict[str, Any]) -> None:
 
 def _atomic_onnx(write: Any, path: Path) -> Path:
     """Run ``write(tmp_path)`` then rename over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
