@@ -128,11 +128,8 @@ def load_deploy(path: str | os.PathLike, *, build_fn: Callable[[], nn.Module] | 
     saved = payload.get("arch") or {}
     if arch is not None and dict(arch) != saved:
         raise DeployError(f"{path}: deploy file is for {_describe(saved)}, but {_describe(dict(arch))} was expected")
-    if build_fn is not None:
-        model = build_fn()
-    elif saved.get("name") in models.MODELS:
-        model = models.build(**saved)
-    else:
+    model = models.rebuild(saved, build_fn)
+    if model is None:
         raise DeployError(f"{path}: architecture {_describe(saved)} is not in pqd_lib.models; "
                           "pass build_fn returning a fresh instance of it")
     built = _describe(arch if arch is not None else train.arch_spec(model))

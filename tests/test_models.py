@@ -12,7 +12,7 @@ import torch.ao.quantization as tq
 from torch import nn
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
-from pqd_lib.models import MODELS, build
+from pqd_lib.models import MODELS, build, rebuild
 from pqd_lib.models._common import scale_channels
 
 pytestmark = [
@@ -234,3 +234,11 @@ def test_bad_num_classes_is_rejected(num_classes):
 def test_bad_width_is_rejected(width):
     with pytest.raises(ValueError, match="width"):
         build("resnet18", 10, width)
+
+
+def test_rebuild_prefers_build_fn_then_registry_and_says_none_otherwise():
+    arch = {"name": "resnet18", "num_classes": 10, "width": 0.125}
+    assert sum(p.numel() for p in rebuild(arch).parameters()) == sum(p.numel() for p in build(**arch).parameters())
+    sentinel = torch.nn.Linear(2, 2)
+    assert rebuild({"name": "mine"}, lambda: sentinel) is sentinel
+    assert rebuild({"name": "mine"}) is None

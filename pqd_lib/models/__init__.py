@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -39,7 +40,7 @@ from .resnet import resnet18
 from .vgg import vgg16_bn
 from .wrn import wrn28_10
 
-__all__ = ["MODELS", "build"]
+__all__ = ["MODELS", "build", "rebuild"]
 
 #: Name -> factory ``(num_classes, width) -> nn.Module``; the only place names are listed.
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -69,3 +70,16 @@ def build(name: str, num_classes: int, width: float = 1.0) -> nn.Module:
     if bad_width or not math.isfinite(width) or width <= 0:
         raise ValueError(f"width must be a finite number > 0; got {width!r}")
     return MODELS[name](num_classes=int(num_classes), width=float(width))
+
+
+def rebuild(arch: Mapping[str, Any], build_fn: Callable[[], nn.Module] | None = None) -> nn.Module | None:
+    """A fresh module for a saved ``arch`` (``{"name", "num_classes", "width"}``) before its weights are loaded.
+
+    ``build_fn()`` when given (any network), else :func:`build` for a registry name; None when neither
+    applies, so the caller can say which file it was reading and what to pass instead.
+    """
+    if build_fn is not None:
+        return build_fn()
+    if arch.get("name") in MODELS:
+        return build(**arch)
+    return None

@@ -109,11 +109,8 @@ def load_teacher(path: str | Path, *, build_fn: Callable[[], nn.Module] | None =
 
     payload = train.load_checkpoint(path)
     arch = payload.get("arch") or {}
-    if build_fn is not None:
-        model = build_fn()
-    elif arch.get("name") in models.MODELS:
-        model = models.build(**arch)
-    else:
+    model = models.rebuild(arch, build_fn)
+    if model is None:
         raise TeacherError(f"{path}: teacher checkpoint holds {arch.get('name')!r}, not a registry model; "
                            "pass the teacher module itself (compress(..., teacher=...))")
     train.load_checkpoint(path, model)
