@@ -288,7 +288,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Real data, reduced widths/epochs: the protocol run and reported on 2 CPU cores.
     # 5,000 training images (the embedded set's size, so `--source embedded` runs it unchanged),
     # the whole 10,000-image test set. Measured cost of the ResNet-18 grid (baseline, each stage
-    # alone, 6 orders x 2 allocations) on 2 cores: about an hour per seed, mostly notebook 06.
+    # alone, 6 orders x 2 allocations) on 2 cores: 47-53 min per seed on a quiet machine, 29-38 of them notebook 06.
     "mini": {
         "model": {"width": 0.25},
         "data": {"train_subset": 5000},
