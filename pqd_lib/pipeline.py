@@ -12,8 +12,9 @@ State that outlives a stage travels in a :class:`~pqd_lib.stages.StageContext`: 
 re-applied after every optimiser step of every later stage and carried across Q's QAT prepare;
 after Q every stage trains the fake-quant model (a P after Q prunes its float weights) at most at
 Q's learning rate (``pipeline.qat_lr_after_q``) and evaluates with observers paused; D reads the
-frozen teacher. At the end the model takes its deploy form: a real INT8 model (``convert_fx``) when Q ran, else FP32 -- sparse when P ran,
-with the mask buffers folded away so its state dict loads into a freshly built network.
+frozen teacher. At the end the model takes its deploy form: a real INT8 model (``convert_fx``)
+when Q ran, else FP32 -- sparse when P ran, with the mask buffers folded away so its state dict
+loads into a freshly built network.
 
 Every stage appends one record (a flat dict, plus the stage's training history): order, stage,
 position, epochs, test top-1 after the stage, achieved sparsity, wall time. The last record adds
@@ -104,7 +105,7 @@ def _target_names(model: nn.Module, cfg: RunConfig) -> list[str]:
 
 
 def _after_q(cfg: RunConfig) -> RunConfig:
-    """`cfg` for a stage that trains the fake-quant model: P's and D's rates capped at Q's (``pipeline.qat_lr_after_q``)."""
+    """`cfg` for a stage that trains the fake-quant model: P's and D's learning rates capped at Q's."""
     lr = cfg.quantize.lr
     cfg = config_mod.with_section(cfg, "prune", lr=min(cfg.prune.lr, lr))
     return config_mod.with_section(cfg, "distill", lr=min(cfg.distill.lr, lr))

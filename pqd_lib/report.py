@@ -269,7 +269,6 @@ def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
 
 
 def _save_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
     md, csv = folder / f"{name}.md", folder / f"{name}.csv"
     atomic_write_text(md, markdown_table(df))
     atomic_write_text(csv, df.to_csv(index=False, float_format="%.6g"))
@@ -277,7 +276,6 @@ def _save_table(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
 
 
 def _save_figure(fig: Figure, folder: Path, name: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     with atomic_path(path, keep_suffix=True) as tmp:
         # No timestamp or software tag in the PNG: the same records give the same bytes.

@@ -158,11 +158,9 @@ def append(record: dict[str, Any], results_dir: str | os.PathLike | None = None,
     record.setdefault("timestamp", _now())
     folder = Path(results_dir if results_dir is not None else DEFAULT_RESULTS_DIR) / _safe_name(
         str(record.get("run_id") or "no-run-id"))
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{_safe_name(str(record['record_id']))}.json"
     if path.exists() and not replace:
         raise ResultsError(f"{path}: a record with id {record['record_id']!r} exists already; records are never rewritten")
-    # The temporary name does not end in .json, so a concurrent load_results never picks it up.
     return atomic_write_text(path, json.dumps(_plain(record), indent=1, sort_keys=False) + "\n")
 
 
