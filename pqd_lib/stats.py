@@ -74,6 +74,7 @@ class PairedTest:
     p_less: float  # one-sided p-value for mean(a - b) < 0
     p_equivalent: float  # TOST p-value for |mean(a - b)| < margin (the larger of its two one-sided p-values)
     p_not_worse: float  # non-inferiority p-value for mean(a - b) > -margin
+    p_worse: float  # p-value for mean(a - b) < -margin: a is worse than b by more than the margin
     margin: float
     alpha: float = ALPHA
 
@@ -140,22 +141,24 @@ def paired_test(a: pd.Series | Sequence[float], b: pd.Series | Sequence[float], 
     diff = _differences(a, b)
     n = len(diff)
     if n == 0:
-        return PairedTest(0, math.nan, math.nan, math.nan, math.nan, 1.0, 1.0, 1.0, 1.0, margin, alpha)
+        return PairedTest(0, math.nan, math.nan, math.nan, math.nan, 1.0, 1.0, 1.0, 1.0, 1.0, margin, alpha)
     mean = float(diff.mean())
     if n > 1 and np.allclose(diff, diff[0], rtol=0, atol=1e-12):
         # The same difference on every seed (deterministic quantities such as sizes): its sign decides.
         inside = abs(mean) < margin
         return PairedTest(n, mean, 0.0, mean, mean, 0.0 if mean > 0 else 1.0, 0.0 if mean < 0 else 1.0,
-                          0.0 if inside else 1.0, 0.0 if mean > -margin else 1.0, margin, alpha)
+                          0.0 if inside else 1.0, 0.0 if mean > -margin else 1.0, 0.0 if mean < -margin else 1.0,
+                          margin, alpha)
     if n < 2:
-        return PairedTest(n, mean, math.nan, math.nan, math.nan, 1.0, 1.0, 1.0, 1.0, margin, alpha)
+        return PairedTest(n, mean, math.nan, math.nan, math.nan, 1.0, 1.0, 1.0, 1.0, 1.0, margin, alpha)
     test = stats.ttest_1samp(diff, 0.0)
     ci = test.confidence_interval(confidence_level=1 - 2 * alpha)
     return PairedTest(
         n, mean, float(diff.std(ddof=1)), float(ci.low), float(ci.high),
         float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue),
         float(stats.ttest_1samp(diff, 0.0, alternative="less").pvalue),
-        tost(diff, margin), float(stats.ttest_1samp(diff, -margin, alternative="greater").pvalue), margin, alpha)
+        tost(diff, margin), float(stats.ttest_1samp(diff, -margin, alternative="greater").pvalue),
+        float(stats.ttest_1samp(diff, -margin, alternative="less").pvalue), margin, alpha)
 
 
 def holm(pvalues: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
@@ -221,10 +224,10 @@ def seeds_needed(mean_diff: float, std_diff: float, margin: float, *, alpha: flo
     * ``"equivalence"``: TOST shows ``|d| < margin`` (power ``>= 1 - F(t_crit; (m+δ)√n/σ) -
       F(t_crit; (m-δ)√n/σ)``, the usual lower bound); None when ``|mean_diff| >= margin``.
 
-    `comparisons`: how many comparisons share the verdict under Holm; planning at ``alpha /
-    comparisons`` (Holm's first, strictest step) is conservative. None where `max_seeds` is not enough.
+    `comparisons`: how many comparisons share the verdict under Holm; the direction is planned at
+    ``alpha / comparisons`` (Holm's first, strictest step: conservative). Equivalence of every
+    comparison is an intersection-union test and needs no correction. None where `max_seeds` is not enough.
     """
-    level = alpha / comparisons
     if not (std_diff > 0):
         return {"direction": 2 if mean_diff != 0 else None,
                 "equivalence": 2 if abs(mean_diff) < margin else None}
@@ -235,15 +238,15 @@ def seeds_needed(mean_diff: float, std_diff: float, margin: float, *, alpha: flo
                 return n
         return None
 
-    def crit(n: int) -> float:
+    def crit(n: int, level: float) -> float:
         return float(stats.t.ppf(1 - level, n - 1))
 
     def direction(n: int) -> float:
-        return float(stats.nct.sf(crit(n), n - 1, abs(mean_diff) * math.sqrt(n) / std_diff))
+        return float(stats.nct.sf(crit(n, alpha / comparisons), n - 1, abs(mean_diff) * math.sqrt(n) / std_diff))
 
     def equivalence(n: int) -> float:
-        lower = stats.nct.cdf(crit(n), n - 1, (margin + mean_diff) * math.sqrt(n) / std_diff)
-        upper = stats.nct.cdf(crit(n), n - 1, (margin - mean_diff) * math.sqrt(n) / std_diff)
+        lower = stats.nct.cdf(crit(n, alpha), n - 1, (margin + mean_diff) * math.sqrt(n) / std_diff)
+        upper = stats.nct.cdf(crit(n, alpha), n - 1, (margin - mean_diff) * math.sqrt(n) / std_diff)
         return float(1 - lower - upper)
 
     return {"direction": first(direction) if mean_diff != 0 else None,
