@@ -39,6 +39,7 @@ from . import config as config_mod
 from . import data as data_mod
 from . import train
 from .config import RunConfig
+from .measure.accuracy import accuracy
 from .stages import StageContext
 from .stages import distill as distill_stage
 from .stages import prune as prune_stage
@@ -172,6 +173,10 @@ def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, o
     records[-1].update({"deploy_form": form, "deploy_top1": final["top1"], "deploy_top5": final["top5"],
                         "deploy_device": "cpu", "deploy_sparsity": sparsity["sparsity"],
                         "deploy_overall_sparsity": sparsity["overall_sparsity"], "convert_s": convert_s})
+    # Per-image hits of the deploy model (1,668 characters for 10,000 images): the per-image paired
+    # bootstrap between orders (pqd_lib.claims) needs them; one more CPU pass over the test set.
+    hits = accuracy(deploy, data, batch_size=cfg.train.eval_batch_size)
+    records[-1].update({"correct_bits": hits["correct_bits"], "n": hits["n"]})
     if form == "int8":
         fid = quantize_stage.fidelity(model, deploy, data, batch_size=cfg.train.eval_batch_size)
         records[-1].update({"fake_quant_top1": fid["fake_quant_top1"], "int8_agreement": fid["agreement"],
