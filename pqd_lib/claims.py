@@ -36,7 +36,8 @@ from . import stats
 from .stats import ACCURACY_MARGIN_PP, ALPHA, RELATIVE_MARGIN, PairedTest, paired_test
 
 __all__ = ["ALPHA", "HOLDS", "FAILS", "UNRESOLVED", "EQUIVALENT", "PAPER_VALUES", "select", "protocol_point",
-           "ACCURACY_MARGIN_PP", "RELATIVE_MARGIN", "SIZE_COLUMNS", "SIZE_FORMS", "CE_CONTROL_MODEL",
+           "ACCURACY_MARGIN_PP", "RELATIVE_MARGIN", "SIZE_COLUMNS", "SIZE_FORMS", "CE_CONTROL_MODEL", "CE_CONTROL",
+           "LR_SETTINGS",
            "pipeline_target", "methods", "equivalent", "decide", "order_differences", "verdicts", "seeds_plan",
            "paper_beside_ours",
            "proxy_correlations"]
@@ -82,6 +83,10 @@ PAPER_VALUES = (
 )
 
 ORDERS = ("PQD", "PDQ", "QPD", "QDP", "DPQ", "DQP")
+#: The ``control`` field of the C4 control's records (pqd_lib.controls.ce_control writes it).
+CE_CONTROL = "C4: P → Q then cross-entropy fine-tuning"
+#: Learning-rate settings of the order ablation (``pipeline.qat_lr_after_q``) and how verdicts name them.
+LR_SETTINGS = {True: "learning rate capped at Q's after Q", False: "position-independent learning rates"}
 
 
 def _arrow(order: str) -> str:
@@ -96,9 +101,11 @@ def select(df: pd.DataFrame, backbone: str | None = None, dataset: str | None = 
         if value is not None:
             out = out[out[column] == value]
     out = out.copy()
-    for column in ("notebook", "kind", "model", "allocation", "runtime"):
+    for column in ("notebook", "kind", "model", "allocation", "runtime", "control"):
         if column not in out:
             out[column] = None
+    # The order ablation's learning-rate setting, from each record's config (the default, capped, when absent).
+    out["lr_cap"] = [_lr_cap(c) for c in out["config"]] if "config" in out else True
     for column in ("threads", "batch_size", "seed", "top1", "latency_ms_p50", "latency_ms_p90",
                    "width", "sparsity", *SIZE_COLUMNS):
         out[column] = pd.to_numeric(out[column], errors="coerce") if column in out else np.nan
@@ -113,6 +120,19 @@ def select(df: pd.DataFrame, backbone: str | None = None, dataset: str | None = 
 
 
 _SOURCE_KINDS = {"torchvision", "folder", "embedded"}
+
+
+def _lr_cap(config: object) -> bool:
+    try:
+        return bool(config["pipeline"]["qat_lr_after_q"])  # type: ignore[index]
+    except (TypeError, KeyError):
+        return True
+
+
+def _ablation(df: pd.DataFrame, lr_cap: bool = True) -> pd.DataFrame:
+    """The order ablation's deploy records (by stage, no control) at one learning-rate setting."""
+    return df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage") & df["control"].isna()
+              & df["lr_cap"].eq(lr_cap)]
 
 
 def pipeline_target(df: pd.DataFrame) -> float | None:
@@ -160,7 +180,7 @@ def methods(df: pd.DataFrame) -> pd.DataFrame:
                "threads", "batch_size", "form"]
     parts = [_measured(df, nb, model or _pruned_alone(df)).assign(method=method, group=group)
              for nb, model, method, group in _SINGLES]
-    deploy = protocol_point(df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage")])
+    deploy = protocol_point(_ablation(df))
     parts.append(deploy.assign(method=deploy["order"].map(_arrow), group="order"))
     out = pd.concat([part.reindex(columns=columns) for part in parts], ignore_index=True)
     return out.sort_values(["group", "method", "seed"], kind="stable").reset_index(drop=True)
@@ -297,13 +317,14 @@ def _image_interval(a: pd.DataFrame, b: pd.DataFrame) -> str:
     return f" [per-image bootstrap over {n} test images: {mean:+.2f} pp, 90 % CI [{low:+.2f}, {high:+.2f}]]"
 
 
-def order_differences(df: pd.DataFrame) -> pd.DataFrame:
-    """P → Q → D minus each other order, paired over seeds (by-stage allocation): the forest plot's rows.
+def order_differences(df: pd.DataFrame, lr_cap: bool = True) -> pd.DataFrame:
+    """P → Q → D minus each other order, paired over seeds (by-stage allocation, learning-rate setting
+    `lr_cap`, see :data:`LR_SETTINGS`): the forest plot's rows.
 
     Columns: ``order`` (arrow form), ``n``, ``mean_diff``, ``ci_low``, ``ci_high`` (90 %), ``outcome``,
     ``seed_diffs`` (list of per-seed differences, in seed order).
     """
-    deploy = df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage")]
+    deploy = _ablation(df, lr_cap)
     top = {o: _by_seed(deploy[deploy["order"].eq(o)], "top1") for o in ORDERS}
     rows = []
     if len(top["PQD"]):
@@ -321,13 +342,18 @@ _ACC_MARGIN = f"{ACCURACY_MARGIN_PP:g} pp"
 
 
 def _c3(df: pd.DataFrame) -> list[dict[str, str]]:
-    deploy = df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage")]
-    statement = "P → Q → D is the best of the 6 orders (fixed epoch allocation, by stage)"
+    settings = [cap for cap in LR_SETTINGS if len(_ablation(df, cap))] or [True]
+    return [_c3_at(df, cap) for cap in settings]
+
+
+def _c3_at(df: pd.DataFrame, lr_cap: bool) -> dict[str, str]:
+    deploy = _ablation(df, lr_cap)
+    statement = f"P → Q → D is the best of the 6 orders (fixed epoch allocation, by stage; {LR_SETTINGS[lr_cap]})"
     top = {o: _by_seed(deploy[deploy["order"].eq(o)], "top1") for o in ORDERS}
     top = {o: s for o, s in top.items() if len(s)}
     if "PQD" not in top or len(top) < 2:
-        return [_verdict("C3", statement, UNRESOLVED, "no order-ablation records (notebook 06)",
-                         "figures/order_ablation.png")]
+        return _verdict("C3", statement, UNRESOLVED, "no order-ablation records (notebook 06)",
+                        "figures/order_ablation.png")
     comparisons = {o: paired_test(top["PQD"], s, ACCURACY_MARGIN_PP) for o, s in top.items() if o != "PQD"}
     verdict = decide(comparisons, _ACC_MARGIN)
     means = pd.Series({o: s.mean() for o, s in top.items()}).sort_values(ascending=False)
@@ -341,11 +367,11 @@ def _c3(df: pd.DataFrame) -> list[dict[str, str]]:
     if verdict == UNRESOLVED and ties and all(c.outcome in ("greater", "equivalent") for c in comparisons.values()):
         evidence += (f"; no order beats P → Q → D by more than ±{_ACC_MARGIN}: it is better than the others "
                      f"and ties {', '.join(ties)} within the margin (best, shared)")
-    return [_verdict("C3", statement, verdict, evidence, "figures/order_ablation.png")]
+    return _verdict("C3", statement, verdict, evidence, "figures/order_ablation.png")
 
 
 def _c4(df: pd.DataFrame) -> list[dict[str, str]]:
-    stages = df[df["kind"].eq("stage") & df["order"].eq("PQD")]
+    stages = df[df["kind"].eq("stage") & df["order"].eq("PQD") & df["control"].isna()]
     statement = "Distillation applied last recovers accuracy, without changing the deployed form"
     after_q, after_d = stages[stages["stage"].eq("Q")], stages[stages["stage"].eq("D")]
     out = []
@@ -359,7 +385,19 @@ def _c4(df: pd.DataFrame) -> list[dict[str, str]]:
         evidence = (f"top-1 after D − after Q (both fake-quant, same seeds): {gain.describe(' pp')}, margin "
                     f"±{_ACC_MARGIN}; deploy form after D: {', '.join(forms) or 'unknown'}")
         out.append(_verdict("C4", statement, verdict, evidence, "figures/order_ablation.png"))
-    # The control that isolates distillation: the same epochs of cross-entropy-only fine-tuning.
+    # The controls that isolate distillation: the same epochs of cross-entropy-only fine-tuning,
+    # after P → Q (pqd_lib.controls.ce_control) and from the baseline (notebook 04, alpha = 0).
+    pqd = _ablation(df)
+    pqd = pqd[pqd["order"].eq("PQD")]
+    ce_after = df[df["control"].eq(CE_CONTROL) & df["stage"].eq("D") & df["lr_cap"].eq(True)]
+    if len(pqd) and len(ce_after) and "deploy_top1" in df:
+        control = paired_test(_by_seed(pqd, "deploy_top1"), _by_seed(ce_after, "deploy_top1"), ACCURACY_MARGIN_PP)
+        out.append(_verdict(
+            "C4", "Distillation last beats the same epochs of cross-entropy fine-tuning after P → Q",
+            decide({"PQD − PQ+CE": control}, _ACC_MARGIN),
+            f"deploy top-1 of P → Q → D − P → Q + cross-entropy (alpha 0, same epochs, learning rate and seeds): "
+            f"{control.describe(' pp')}, margin ±{_ACC_MARGIN}{_image_interval(pqd, ce_after)}",
+            "figures/order_ablation.png"))
     kd, ce = _measured(df, "04", "D"), _measured(df, "04", CE_CONTROL_MODEL)
     if len(kd) and len(ce):
         control = paired_test(_by_seed(kd, "top1"), _by_seed(ce, "top1"), ACCURACY_MARGIN_PP)
@@ -461,11 +499,11 @@ def seeds_plan(df: pd.DataFrame) -> pd.DataFrame:
     equivalence within ±0.5 pp (:func:`pqd_lib.stats.seeds_needed`; empty where unreachable).
     """
     pairs = []
-    deploy = df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage")]
+    deploy = _ablation(df)
     top = {o: _by_seed(deploy[deploy["order"].eq(o)], "top1") for o in ORDERS}
     for order in ORDERS[1:]:
         pairs.append(("C3", f"P → Q → D − {_arrow(order)}", top["PQD"], top[order], len(ORDERS) - 1))
-    stages = df[df["kind"].eq("stage") & df["order"].eq("PQD")]
+    stages = df[df["kind"].eq("stage") & df["order"].eq("PQD") & df["control"].isna()]
     pairs.append(("C4", "after D − after Q", _by_seed(stages[stages["stage"].eq("D")], "top1"),
                   _by_seed(stages[stages["stage"].eq("Q")], "top1"), 1))
     pairs.append(("C4", "KD − CE fine-tuning (notebook 04)", _by_seed(_measured(df, "04", "D"), "top1"),

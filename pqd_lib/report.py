@@ -393,11 +393,15 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
                         metrics={"top1": "deploy top-1 (%)", "fake_quant_top1": "fake-quant top-1 (%)",
                                  "int8_agreement": "INT8 agreement (%)"})
     written += _save_table(ablation, tables, "order_ablation")
-    diffs = claims.order_differences(df)
-    written += _save_table(diffs.drop(columns="seed_diffs"), tables, "order_differences")
-    written.append(_save_figure(order_forest(diffs, claims.ACCURACY_MARGIN_PP,
-                                             title=f"{what}, width {width}\nP → Q → D minus each order (by stage)"),
-                                figures, "order_ablation"))
+    for lr_cap, suffix in ((True, ""), (False, "_position_independent")):
+        diffs = claims.order_differences(df, lr_cap)
+        if diffs.empty and not lr_cap:
+            continue  # the position-independent variant is drawn only where it was run
+        written += _save_table(diffs.drop(columns="seed_diffs"), tables, f"order_differences{suffix}")
+        written.append(_save_figure(order_forest(
+            diffs, claims.ACCURACY_MARGIN_PP,
+            title=f"{what}, width {width}\nP → Q → D minus each order (by stage; {claims.LR_SETTINGS[lr_cap]})"),
+            figures, f"order_ablation{suffix}"))
 
     latency = df[df["kind"].eq("latency")].copy()
     forms = latency[~latency["model"].astype(str).str.contains("sparse") & ~latency["runtime"].eq("torch-sparse-csr")]

@@ -187,3 +187,22 @@ def test_pqd_report_command_regenerates_from_the_store(tmp_path, capsys):
     assert (tmp_path / "out" / "resnet18-cifar10-smoke" / "summary.md").is_file()  # cells never mix
     assert cli.main(["report", "--results-dir", str(store), "--out", str(tmp_path / "o2"), "--preset", "paper"]) == 1
     assert "no records" in capsys.readouterr().err
+
+
+def test_c3_is_decided_per_learning_rate_setting_and_the_ce_control_feeds_c4():
+    records = _records(pqd_gain=2.0)
+    free = records[records["kind"].eq("deploy")].copy()
+    free["config"] = [{**CONFIG, "pipeline": {"epochs": [1, 2, 2], "qat_lr_after_q": False}}] * len(free)
+    free["top1"] = free["top1"] - 2.0 * free["order"].eq("PQD")  # without the cap, no order wins
+    ce = records[records["kind"].eq("deploy") & records["order"].eq("PQD")
+                 & records["allocation"].eq("by_stage")].assign(control=claims.CE_CONTROL, stage="D")
+    pqd = records["kind"].eq("deploy")
+    records.loc[pqd, "deploy_top1"] = records.loc[pqd, "top1"]
+    ce = ce.assign(deploy_top1=ce["top1"] - 1.0)
+    table = claims.verdicts(claims.select(pd.concat([records, free, ce], ignore_index=True)))
+    assert _verdict(table, "C3", "capped") == claims.HOLDS
+    assert _verdict(table, "C3", "position-independent") != claims.HOLDS
+    assert _verdict(table, "C4", "after P → Q") == claims.HOLDS
+    # The control's records do not leak into the order ablation or the frontier.
+    points = claims.methods(claims.select(pd.concat([records, free, ce], ignore_index=True)))
+    assert points.groupby("method").size().eq(3).all()
