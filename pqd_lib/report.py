@@ -47,7 +47,7 @@ __all__ = [
 DPI = 72
 
 
-def _figure(ncols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Figure, list]:
+def _figure(ncols: int = 1, figsize: tuple[float, float] = (6, 4), nrows: int = 1) -> tuple[Figure, list]:
     import matplotlib.pyplot as plt
 
     # Made through pyplot so that Jupyter's inline backend is loaded and displays the returned figure,
@@ -55,7 +55,7 @@ def _figure(ncols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Figu
     fig = plt.figure(figsize=figsize, dpi=DPI, layout="constrained")
     plt.close(fig)
     with sns.axes_style("whitegrid"):
-        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+        axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
     return fig, axes
 
 
@@ -273,7 +273,13 @@ def frontier(points: pd.DataFrame, title: str = "", sizes: Mapping[str, str] | N
         return _empty()
     sizes = dict(sizes or {"size_bytes": "dense as saved"})
     sizes = {c: label for c, label in sizes.items() if c in points and points[c].notna().any()}
-    fig, axes = _figure(1 + len(sizes), figsize=(4 * (1 + len(sizes)) + 2, 4))
+    panels_n = 1 + len(sizes)
+    ncols = 2 if panels_n > 2 else panels_n
+    nrows = -(-panels_n // ncols)
+    fig, axes = _figure(ncols, figsize=(4.5 * ncols + 2.5, 3.6 * nrows + 0.6), nrows=nrows)
+    for spare in axes[panels_n:]:
+        spare.set_visible(False)
+    axes = axes[:panels_n]
     aggregations = {"top1": ("top1", "mean"), "top1_sd": ("top1", "std"), "latency": ("latency_ms_p50", "mean"),
                     "latency_sd": ("latency_ms_p50", "std"), "n": ("top1", "count")}
     scaled = points.copy()
@@ -300,7 +306,7 @@ def frontier(points: pd.DataFrame, title: str = "", sizes: Mapping[str, str] | N
         ax.set(xlabel=label, ylabel="test top-1 (%)")
         ax.xaxis.label.set_fontsize("small")
     handles, labels = axes[0].get_legend_handles_labels()
-    axes[-1].legend(handles, labels, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[ncols - 1].legend(handles, labels, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title, fontsize="small")
     return fig
 

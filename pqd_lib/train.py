@@ -38,6 +38,7 @@ from ._atomic import atomic_path
 from .config import RunConfig
 
 __all__ = [
+    "data_fingerprint",
     "VALIDATION_IMAGES",
     "VALIDATION_SEED",
     "holdout_validation",
@@ -385,7 +386,7 @@ def fit(model: nn.Module, data: data_mod.DataSplits, cfg: RunConfig, *, epochs: 
     return history
 
 
-def _data_fingerprint(data: data_mod.DataSplits) -> str:
+def data_fingerprint(data: data_mod.DataSplits) -> str:
     """Cheap identity of a dataset: its source, sizes and labels (a user's own tensors included)."""
     h = hashlib.sha256()
     h.update(f"{data.source}|{tuple(data.x_train.shape)}|{tuple(data.x_test.shape)}".encode())
@@ -411,7 +412,7 @@ def baseline_path(cfg: RunConfig, data: data_mod.DataSplits | None = None,
     """
     key = config_mod.config_hash(cfg, sections=("seed", "data", "model", "train"))
     if data is not None:
-        key = f"{key}-{_data_fingerprint(data)}"
+        key = f"{key}-{data_fingerprint(data)}"
     name = cfg.model.name
     if model is not None:
         name = type(model).__name__

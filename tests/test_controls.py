@@ -7,30 +7,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pqd_lib import config as C
-from pqd_lib import controls, train
+from pqd_lib import controls
 from pqd_lib.stages import distill as D
 
 
 @pytest.fixture(scope="module")
-def small(embedded):
-    return embedded.subset(train=256, test=128, seed=0)
+def small(trained_small):
+    return trained_small[0]
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    return C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path_factory.mktemp("ctl-cache")))
+def cfg(trained_small):
+    return trained_small[1]
 
 
 @pytest.fixture(scope="module")
-def baseline(cfg, small):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before conftest's per-test setting
-    try:
-        model, _ = train.train_baseline(cfg, small, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return model
+def baseline(trained_small):
+    return trained_small[2]
 
 
 def test_distillation_with_alpha_zero_is_exactly_cross_entropy():
