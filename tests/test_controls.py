@@ -11,21 +11,6 @@ from pqd_lib import controls
 from pqd_lib.stages import distill as D
 
 
-@pytest.fixture(scope="module")
-def small(trained_small):
-    return trained_small[0]
-
-
-@pytest.fixture(scope="module")
-def cfg(trained_small):
-    return trained_small[1]
-
-
-@pytest.fixture(scope="module")
-def baseline(trained_small):
-    return trained_small[2]
-
-
 def test_distillation_with_alpha_zero_is_exactly_cross_entropy():
     g = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
@@ -33,7 +18,8 @@ def test_distillation_with_alpha_zero_is_exactly_cross_entropy():
     assert torch.equal(D.kd_loss(student, teacher, y, alpha=0.0), F.cross_entropy(student, y))
 
 
-def test_ce_control_is_pqd_with_plain_cross_entropy(baseline, cfg, small):
+def test_ce_control_is_pqd_with_plain_cross_entropy(trained_small):
+    small, cfg, baseline = trained_small
     _, records = controls.ce_control(baseline, cfg, small, teacher=baseline)
     assert [r["stage"] for r in records] == ["P", "Q", "D"]
     assert all(r["control"] == controls.CE_CONTROL for r in records)
@@ -58,7 +44,8 @@ def test_weight_quant_error_against_a_hand_quantized_layer():
     assert controls.weight_quant_error(net)["quant_error"] < expected
 
 
-def test_preconditioning_measures_qat_drop_and_error_with_and_without_pruning(baseline, cfg, small):
+def test_preconditioning_measures_qat_drop_and_error_with_and_without_pruning(trained_small):
+    small, cfg, baseline = trained_small
     rows = controls.preconditioning(baseline, cfg, small)
     assert [r["path"] for r in rows] == ["Q", "P → Q"]
     for r in rows:
@@ -68,5 +55,6 @@ def test_preconditioning_measures_qat_drop_and_error_with_and_without_pruning(ba
     assert rows[1]["p_top1_check"] == pytest.approx(rows[1]["top1_before_q"])  # P alone reproduces P → Q's P
 
 
-def test_position_independent_switches_off_the_cap(cfg):
+def test_position_independent_switches_off_the_cap(trained_small):
+    cfg = trained_small[1]
     assert cfg.pipeline.qat_lr_after_q and not controls.position_independent(cfg).pipeline.qat_lr_after_q

@@ -20,23 +20,9 @@ KEYS = ("stage", "top1", "sparsity", "form")
 
 
 @pytest.fixture(scope="module")
-def small(trained_small):
-    return trained_small[0]
-
-
-@pytest.fixture(scope="module")
-def cfg(trained_small):
-    return trained_small[1]
-
-
-@pytest.fixture(scope="module")
-def baseline(trained_small):
-    return trained_small[2]
-
-
-@pytest.fixture(scope="module")
-def reference(baseline, cfg, small):
+def reference(trained_small):
     """P → Q → D computed afresh, without the cache."""
+    small, cfg, baseline = trained_small
     return pipeline.run_stages(baseline, cfg, small, order="PQD", teacher=baseline, cache=False)[1]
 
 
@@ -58,7 +44,8 @@ def _same(records, reference):
     assert records[-1]["correct_bits"] == reference[-1]["correct_bits"]
 
 
-def test_a_shared_prefix_is_reused_and_the_result_is_unchanged(baseline, cfg, small, reference, monkeypatch, tmp_path):
+def test_a_shared_prefix_is_reused_and_the_result_is_unchanged(trained_small, reference, monkeypatch):
+    small, cfg, baseline = trained_small
     pipeline.run_stages(baseline, cfg, small, order="PQ", teacher=baseline)  # caches P and P → Q
     calls = _counting_fit(monkeypatch)
     _, records = pipeline.run_stages(baseline, cfg, small, order="PQD", teacher=baseline)
@@ -72,7 +59,8 @@ def test_a_shared_prefix_is_reused_and_the_result_is_unchanged(baseline, cfg, sm
     _same(again, reference)
 
 
-def test_a_killed_run_resumes_at_the_next_unfinished_stage(baseline, cfg, small, reference, monkeypatch, tmp_path):
+def test_a_killed_run_resumes_at_the_next_unfinished_stage(trained_small, reference, monkeypatch, tmp_path):
+    small = trained_small[0]
     cache = tmp_path / "cache"
     killed_cfg = C.preset("smoke", data={"source": "embedded"}, cache_dir=str(cache))
     # The baseline is cached under the new directory first, so the child starts straight at P.
