@@ -482,9 +482,13 @@ def test_rounds_in_process_give_every_model_a_relative_latency_with_its_ci(tiny_
     assert R.identical_spread(records, ["ref", "a"]) >= 0
 
 
-def test_rounds_isolated_workers_are_fresh_pinned_processes(tiny_artifacts):
-    records = R.compare([R.Candidate("b", tiny_artifacts["fp32-1"])], R.Candidate("ref", tiny_artifacts["fp32-0"]),
-                        MeasureConfig(**ROUNDS))
+def test_rounds_isolated_workers_are_fresh_pinned_processes(tiny_artifacts, tmp_path):
+    """One worker per model, pinned; a worker that fails to load (a directory as artifact) reports why, the rest go on."""
+    records = R.compare([R.Candidate("b", tiny_artifacts["fp32-1"]), R.Candidate("dir", tmp_path)],
+                        R.Candidate("ref", tiny_artifacts["fp32-0"]), MeasureConfig(**ROUNDS))
+    failed = [r for r in records if r["label"] == "dir"]
+    assert len(failed) == 1 and str(tmp_path) in failed[0]["error"]
+    records = [r for r in records if r["label"] != "dir"]
     assert all(r["error"] is None for r in records)
     pids = {r["pid"] for r in records}
     assert os.getpid() not in pids and len(pids) == 2  # one process per model
@@ -568,3 +572,4 @@ def test_c6_verdict_reads_batch1_and_batch32_records():
     assert v["verdict"] == claims.UNRESOLVED
     (v,) = claims.c6(_c6_rows({}).reindex(columns=["kind", "latency_ms_p50"]))
     assert v["verdict"] == claims.UNRESOLVED and "paper_latency" in v["evidence"]
+

@@ -134,7 +134,9 @@ class _Worker:
         self.candidate = candidate
         cmd = [sys.executable, "-m", "pqd_lib.measure.rounds", "--worker"]
         preexec = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # stderr to a file, not a pipe: a worker that warns a lot would block on a full pipe nobody reads.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
                                      text=True, env=child_env(threads), preexec_fn=preexec)
         self.pid = self.proc.pid
         self._send({"load": str(candidate.source), "runtime": candidate.runtime, "form": candidate.form,
@@ -153,7 +155,8 @@ class _Worker:
             if line.startswith(_TAG):
                 return json.loads(line[len(_TAG):])
         self.proc.wait()
-        tail = " | ".join((self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()[-3:])[-400:]
+        self.stderr.seek(0)
+        tail = " | ".join(self.stderr.read().strip().splitlines()[-3:])[-400:]
         return {"error": f"latency worker exited with code {self.proc.returncode}: {tail}"}
 
     def ask(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -171,7 +174,7 @@ class _Worker:
             except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
             if stream is not None:
                 stream.close()
 
@@ -370,7 +373,8 @@ def _one_comparison(models: list[Candidate], cfg: MeasureConfig, *, threads: int
     def fields(c: Candidate) -> dict[str, Any]:
         return {"label": c.label, "reference": models[0].label, "protocol": "rounds", "input_shape":
                 "x".join(map(str, input_shape)), "rounds": cfg.rounds, "block_seconds": cfg.block_seconds,
-                "warmup": cfg.warmup, **c.fields}
+                "warmup": cfg.warmup, "canary_drift_limit": cfg.canary_drift, "contention_cores_limit":
+                cfg.contention_cores, "max_reruns": cfg.max_reruns, "pin_cores": cfg.pin_cores, **c.fields}
 
     out = []
     stats = _statistics(rounds, [c.label for c in models if c.label not in failed], ref, cfg)
