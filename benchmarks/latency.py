@@ -1,7 +1,8 @@
 """Latency of ResNet-18 (CIFAR, full width) in every deploy form pqd offers, against ONNX Runtime and OpenVINO.
 
-    python benchmarks/latency.py            # the full run (~5 minutes on 2 quiet cores)
-    python benchmarks/latency.py --quick    # 5 short rounds (~2 minutes): a smoke test, not a result
+    python benchmarks/latency.py            # the full run, batch 1 (~4-5 minutes on 2 quiet cores, estimated)
+    python benchmarks/latency.py --quick    # 5 short rounds: a smoke test, not a result
+    python benchmarks/latency.py --batch32  # also batch 32 (~3-4 more minutes)
     python benchmarks/latency.py --sweep    # also the sparsity sweep (dense vs CSR kernels; ~3 more minutes)
 
 Every figure comes from the rounds protocol of ``pqd_lib.measure.rounds`` (its docstring states it):
@@ -140,7 +141,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 short rounds (a smoke test, not a result)")
     parser.add_argument("--sweep", action="store_true", help="also the sparsity sweep (dense vs CSR kernels)")
-    parser.add_argument("--no-batch32", action="store_true", help="skip the batch-32 comparison")
+    parser.add_argument("--batch32", action="store_true", help="also compare the INT8 paths at batch 32")
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="also append every latency record to this pqd results store")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
@@ -178,7 +179,7 @@ def main() -> int:
         work = Path(work)
         cands, ref = artifacts(dense, images, work, with_openvino)
         rows += rounds.compare(cands, ref, b1, log=lambda s: print("  " + s))
-        if not args.no_batch32:
+        if args.batch32:
             keep = {"PyTorch INT8 (FX)", "ORT FP32", *PEER_INT8, *PQD_INT8}
             rows += rounds.compare([c for c in cands if c.label in keep], ref, protocol(args.quick, threads, 32),
                                    log=lambda s: print("  " + s))

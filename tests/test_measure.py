@@ -573,3 +573,28 @@ def test_c6_verdict_reads_batch1_and_batch32_records():
     (v,) = claims.c6(_c6_rows({}).reindex(columns=["kind", "latency_ms_p50"]))
     assert v["verdict"] == claims.UNRESOLVED and "paper_latency" in v["evidence"]
 
+
+
+def test_openvino_runs_the_onnx_files_pqd_writes(tiny, tmp_path):
+    """OpenVINO (optional extra) reads pqd's FP32 and QAT QDQ files and computes what ONNX Runtime computes."""
+    pytest.importorskip("openvino", reason="the optional 'openvino' extra is not installed")
+    from pqd_lib.measure import onnx_runtime as O
+    from pqd_lib.measure import openvino_runtime as V
+    from pqd_lib.stages import quantize as Q
+
+    fp32 = O.export_onnx(tiny, tmp_path / "fp32.onnx")
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        assert np.allclose(V.predict(fp32, x, batch_size=4), tiny(x).numpy(), atol=1e-4)  # 4 + a ragged 2
+    # 7-bit activations: ONNX Runtime is exact on every x86 CPU then (no u8s8 saturation without VNNI).
+    torch.manual_seed(0)
+    prepared = Q.prepare_qat(build(**ARCH), reduce_range=True)
+    with torch.no_grad():
+        prepared(torch.randn(32, 3, 32, 32))
+    Q.freeze_observers(prepared)
+    qat = O.export_qat_onnx(prepared.eval(), tmp_path / "qat.onnx")
+    ov, ort = V.predict(qat, x), O.predict(qat, x)
+    sqnr_db = 10 * np.log10((ort ** 2).sum() / ((ov - ort) ** 2).sum())
+    assert ov.shape == (6, 10) and sqnr_db > 25  # measured 34 dB: requantisation rounding only
+    (r,) = L.measure_latency(qat, runtime="openvino", **FAST, isolate=False)
+    assert r["error"] is None and r["runtime"] == "openvino" and r["form"] == "int8" and r["compile_s"] > 0

@@ -59,6 +59,12 @@ from typing import Any
 import numpy as np
 
 from ..config import MeasureConfig
+from ..deploy import model_form, save_artifact
+from ..models import build
+from .hardware import hardware_info
+from .latency import child_env, error_records
+from .proxies import weight_sparsity
+from .runtimes import check_runtime, prepare
 from .timing import bootstrap_ci, calibrate_block, check_positive, resolve_threads, spread
 
 __all__ = ["Candidate", "compare", "identical_spread", "deploy_signature", "latency_phase", "cpu_snapshot",
@@ -129,8 +135,6 @@ class _Worker:
 
     def __init__(self, candidate: Candidate, *, threads: int, batch_size: int, input_shape: tuple[int, ...],
                  cores: list[int] | None, trusted: bool = False, **_: Any) -> None:
-        from .latency import child_env
-
         self.candidate = candidate
         cmd = [sys.executable, "-m", "pqd_lib.measure.rounds", "--worker"]
         preexec = (lambda: os.sched_setaffinity(0, cores)) if cores else None
@@ -225,8 +229,6 @@ class _WorkerState:
     def _load(self, m: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        from .runtimes import prepare
-
         start = time.perf_counter()
         self.threads_before = torch.get_num_threads()
         torch.set_num_threads(int(m["threads"]))
@@ -308,8 +310,6 @@ def compare(candidates: Sequence[Candidate], reference: Candidate, cfg: MeasureC
             (the message lists the valid ones).
         RuntimeUnavailable: a candidate on ``openvino`` without OpenVINO installed (names the extra).
     """
-    from .runtimes import check_runtime
-
     cfg = _validated(cfg or MeasureConfig())
     models = [reference, *candidates]
     labels = [c.label for c in models]
@@ -330,9 +330,6 @@ def compare(candidates: Sequence[Candidate], reference: Candidate, cfg: MeasureC
 def _one_comparison(models: list[Candidate], cfg: MeasureConfig, *, threads: int, batch_size: int,
                     input_shape: tuple[int, ...], log: Callable[[str], None],
                     timer: Callable[[], float]) -> list[dict[str, Any]]:
-    from .hardware import hardware_info
-    from .latency import error_records
-
     cores = cores_for(threads) if cfg.pin_cores and cfg.isolate else None
     kind = _Worker if cfg.isolate else _LocalWorker
     workers: dict[str, Any] = {}
@@ -509,9 +506,6 @@ def deploy_signature(model: Any, arch: dict[str, Any], runtime: str = "torch-eag
     two pruned models of the same architecture and form share a signature; for the CSR kernels the
     number of non-zeros is the work, so the sparsity (to 0.1 %) is part of it.
     """
-    from ..deploy import model_form
-    from .proxies import weight_sparsity
-
     form = model_form(model)
     dense_form = "int8" if form == "int8" else "fp32"
     pattern = f"{weight_sparsity(model):.3f}" if runtime == "torch-sparse-csr" else "dense-kernels"
@@ -533,9 +527,6 @@ def latency_phase(models: dict[Any, Any], arch: dict[str, Any], cfg: MeasureConf
     Returns:
         ``{key: {(threads, batch_size): record}}``.
     """
-    from ..deploy import save_artifact
-    from ..models import build
-
     groups: dict[tuple, list[Any]] = {}
     for key, model in models.items():
         groups.setdefault(deploy_signature(model, arch, runtime), []).append(key)
