@@ -393,7 +393,9 @@ def c6(df: pd.DataFrame) -> list[dict[str, str]]:
         return [_verdict("C6", statement, UNRESOLVED, "not measured: run python -m pqd_lib.measure.paper_latency "
                          "--results-dir reports/results on a quiet machine", "")]
     out = []
-    cls_cols = [c for c in ("cpu_model", "torch_cpu_capability") if c in rows]
+    # The capability class (hardware.capability_class, e.g. x86-avx2 / x86-avx512-vnni) where recorded.
+    cls_cols = [c for c in ("cpu_model", "cpu_capability_class") if c in rows] or \
+        [c for c in ("cpu_model", "torch_cpu_capability") if c in rows]
     for cls, part in rows.groupby(cls_cols, dropna=False) if cls_cols else [("unknown CPU", rows)]:
         name = " / ".join(str(v) for v in (cls if isinstance(cls, tuple) else (cls,)))
         reached, parts, throughput_ok = [], [], []
