@@ -394,8 +394,8 @@ def c6(df: pd.DataFrame) -> list[dict[str, str]]:
                          "--results-dir reports/results on a quiet machine", "")]
     out = []
     # The capability class (hardware.capability_class, e.g. x86-avx2 / x86-avx512-vnni) where recorded.
-    cls_cols = [c for c in ("cpu_model", "cpu_capability_class") if c in rows] or \
-        [c for c in ("cpu_model", "torch_cpu_capability") if c in rows]
+    capability = next((c for c in ("cpu_capability_class", "torch_cpu_capability") if c in rows), None)
+    cls_cols = [c for c in ("cpu_model", capability) if c is not None and c in rows]
     for cls, part in rows.groupby(cls_cols, dropna=False) if cls_cols else [("unknown CPU", rows)]:
         name = " / ".join(str(v) for v in (cls if isinstance(cls, tuple) else (cls,)))
         reached, parts, throughput_ok = [], [], []

@@ -595,11 +595,11 @@ def _c6_rows(b1_ms: dict[str, float], b32_per_image: dict[str, float] | None = N
     import pandas as pd
 
     rows = [{"kind": "c6-latency", "backbone": b, "label": f"{b} ORT INT8 (QDQ)", "threads": 1, "batch_size": 1,
-             "latency_ms_p50": ms, "per_image_ms": ms, "error": None, "cpu_model": "CPU", "torch_cpu_capability": "AVX2"}
+             "latency_ms_p50": ms, "per_image_ms": ms, "error": None, "cpu_model": "CPU", "cpu_capability_class": "x86-avx2"}
             for b, ms in b1_ms.items()]
     rows += [{"kind": "c6-latency", "backbone": b, "label": f"{b} PyTorch INT8", "threads": 2, "batch_size": 32,
               "latency_ms_p50": 32 * ms, "per_image_ms": ms, "error": None, "cpu_model": "CPU",
-              "torch_cpu_capability": "AVX2"} for b, ms in (b32_per_image or {}).items()]
+              "cpu_capability_class": "x86-avx2"} for b, ms in (b32_per_image or {}).items()]
     return pd.DataFrame(rows)
 
 
@@ -607,7 +607,7 @@ def test_c6_verdict_reads_batch1_and_batch32_records():
     from pqd_lib import claims
 
     (v,) = claims.c6(_c6_rows({"resnet18": 1.2, "vgg16_bn": 0.9, "wrn28_10": 1.4}))
-    assert v["verdict"] == claims.HOLDS and "AVX2" in v["evidence"]
+    assert v["verdict"] == claims.HOLDS and "x86-avx2" in v["evidence"]
     (v,) = claims.c6(_c6_rows({"resnet18": 4.0, "vgg16_bn": 3.0, "wrn28_10": 40.0},
                               {"resnet18": 1.0, "vgg16_bn": 0.8, "wrn28_10": 1.3}))
     assert v["verdict"] == claims.FAILS and "plausible as time per image at batch 32" in v["evidence"]
