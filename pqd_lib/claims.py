@@ -388,6 +388,8 @@ def c6(df: pd.DataFrame) -> list[dict[str, str]]:
     rows = df[df["kind"].eq(KIND)] if "kind" in df else df.iloc[:0]
     if "error" in rows:
         rows = rows[rows["error"].isna()]
+    if "quick" in rows:  # --quick runs are smoke tests, not results
+        rows = rows[~rows["quick"].fillna(False).astype(bool)]
     rows = rows.dropna(subset=["latency_ms_p50"])
     if rows.empty:
         return [_verdict("C6", statement, UNRESOLVED, "not measured: run python -m pqd_lib.measure.paper_latency "

@@ -114,7 +114,7 @@ def measure_c6(results_dir: str | os.PathLike | None = None, *, backbones: Seque
                 from .. import results
 
                 for r in records:
-                    results.append(results.make_record(None, **r, kind=KIND, dataset=f"cifar{num_classes}",
+                    results.append(results.make_record(None, **r, kind=KIND, dataset=f"cifar{num_classes}", notebook=None,
                                                        record_id=f"c6-{r['label']}-{r['threads']}t-{r['batch_size']}b"
                                                        .replace(" ", "_").replace("(", "").replace(")", "")),
                                    results_dir, replace=True)
