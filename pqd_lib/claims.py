@@ -40,7 +40,7 @@ __all__ = ["ALPHA", "HOLDS", "FAILS", "UNRESOLVED", "EQUIVALENT", "PAPER_VALUES"
            "LR_SETTINGS",
            "pipeline_target", "methods", "equivalent", "decide", "order_differences", "verdicts", "seeds_plan",
            "paper_beside_ours",
-           "proxy_correlations"]
+           "proxy_correlations", "c6"]
 
 HOLDS, FAILS, UNRESOLVED = "holds", "does not hold", "not resolved"
 #: Every equivalence verdict starts with this; :func:`equivalent` appends the margin.
@@ -484,9 +484,61 @@ def _dominates(m: pd.DataFrame, a: str, b: str, size_column: str = "size_bytes")
     return bool(no_worse and (x != y).any())
 
 
+def c6(df: pd.DataFrame) -> list[dict[str, str]]:
+    """C6, the paper's "0.99-1.42 ms CPU latency", from the records of ``pqd_lib.measure.paper_latency``.
+
+    Per CPU capability class (CPU model and the SIMD level torch dispatches to: VNNI/AMX change INT8
+    speed several-fold) one verdict: "holds" when every backbone measured has an INT8 deploy form at
+    or below 1.42 ms at batch 1 (1 thread or all cores), "does not hold" when none of them has, else
+    "not resolved". The evidence gives each backbone's fastest batch-1 figure and, where measured,
+    its time per image at batch 32, and says which reading of the paper's number they support.
+    Latency is measured once per machine (no seeds): the figure is the rounds protocol's p50.
+    """
+    from .measure.paper_latency import KIND, PAPER_MS
+
+    statement = "The deploy models reach 0.99-1.42 ms CPU latency (ResNet-18, VGG-16-BN, WRN-28-10)"
+    rows = df[df["kind"].eq(KIND)] if "kind" in df else df.iloc[:0]
+    if "error" in rows:
+        rows = rows[rows["error"].isna()]
+    if "quick" in rows:  # --quick runs are smoke tests, not results
+        rows = rows[~rows["quick"].fillna(False).astype(bool)]
+    rows = rows.dropna(subset=["latency_ms_p50"])
+    if rows.empty:
+        return [_verdict("C6", statement, UNRESOLVED, "not measured: run python -m pqd_lib.measure.paper_latency "
+                         "--results-dir reports/results on a quiet machine", "")]
+    out = []
+    # The capability class (hardware.capability_class, e.g. x86-avx2 / x86-avx512-vnni) where recorded.
+    capability = next((c for c in ("cpu_capability_class", "torch_cpu_capability") if c in rows), None)
+    cls_cols = [c for c in ("cpu_model", capability) if c is not None and c in rows]
+    for cls, part in rows.groupby(cls_cols, dropna=False) if cls_cols else [("unknown CPU", rows)]:
+        name = " / ".join(str(v) for v in (cls if isinstance(cls, tuple) else (cls,)))
+        reached, parts, throughput_ok = [], [], []
+        for backbone, b in part.groupby("backbone"):
+            b1 = b[b["batch_size"].eq(1)]
+            best = b1.loc[b1["latency_ms_p50"].idxmin()] if len(b1) else None
+            text = (f"{backbone}: {best['latency_ms_p50']:.2f} ms at batch 1 ({best['label'].split(' ', 1)[1]}, "
+                    f"{int(best['threads'])} thread(s))" if best is not None else f"{backbone}: no batch-1 figure")
+            reached.append(best is not None and best["latency_ms_p50"] <= PAPER_MS)
+            b32 = b[b["batch_size"].eq(32)]
+            if len(b32):
+                per = b32.loc[b32["per_image_ms"].idxmin()]
+                text += (f", {per['per_image_ms']:.2f} ms per image at batch 32 ({int(per['threads'])} thread(s))")
+                throughput_ok.append(per["per_image_ms"] <= PAPER_MS)
+            parts.append(text)
+        verdict = HOLDS if all(reached) else FAILS if not any(reached) else UNRESOLVED
+        if all(reached):
+            reading = "batch-1 latency reaches the paper's range"
+        elif throughput_ok and all(throughput_ok) and len(throughput_ok) == len(reached) - sum(reached):
+            reading = "the paper's number is plausible as time per image at batch 32 (throughput), not as batch-1 latency"
+        else:
+            reading = "neither batch-1 latency nor batch-32 time per image reaches 1.42 ms for every backbone here"
+        out.append(_verdict("C6", statement, verdict, f"{name}: " + "; ".join(parts) + f"; {reading}", ""))
+    return out
+
+
 def verdicts(df: pd.DataFrame) -> pd.DataFrame:
     """The verdict table: claim, statement, verdict, evidence (numbers and tests), figure behind it."""
-    rows = [*_c1(df), *_c2(df), *_c3(df), *_c4(df), *_c5(df)]
+    rows = [*_c1(df), *_c2(df), *_c3(df), *_c4(df), *_c5(df), *c6(df)]
     return pd.DataFrame(rows, columns=["claim", "statement", "verdict", "evidence", "figure"])
 
 

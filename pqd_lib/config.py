@@ -236,6 +236,25 @@ class MeasureConfig:
     onnxruntime: bool = True
     # Images used to calibrate ONNX Runtime's static quantization.
     calibration_images: int = 256
+    # The rounds protocol (pqd_lib.measure.rounds), used for every comparison between models.
+    # Rounds: each times every model once, in rotated order, between two blocks of the reference.
+    # 15 is pyperf's and MLPerf's order of magnitude and gives a bootstrap CI of the median that is
+    # a few percent wide on a quiet 2-core VM.
+    rounds: int = 15
+    # Seconds per timed block (calls per block calibrated to reach it): short enough that a burst
+    # of other work spoils one block, not a model's whole measurement.
+    block_seconds: float = 0.2
+    # A round whose two reference blocks differ by more than this fraction is marked (the machine
+    # changed within the round) and re-run.
+    canary_drift: float = 0.10
+    # A block during which other processes used more than this many cores (/proc/stat busy time
+    # minus the timed process's own) or the hypervisor stole more than 2 % is marked, its round re-run.
+    contention_cores: float = 0.25
+    # At most this many extra rounds replace marked ones per comparison; then marked rounds are kept
+    # and the records say so (``rounds_marked``).
+    max_reruns: int = 10
+    # Pin each timed process to `threads` cores (os.sched_setaffinity) before torch is imported.
+    pin_cores: bool = True
 
 
 @dataclass(frozen=True)
@@ -290,6 +309,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "min_runs": 5,
             "min_seconds": 0.0,
             "calibration_images": 16,
+            "rounds": 3,
+            "block_seconds": 0.01,
+            "max_reruns": 0,
         },
     },
     # Real data, reduced widths/epochs: the protocol run and reported on 2 CPU cores.
@@ -451,6 +473,11 @@ _RANGES: dict[str, tuple] = {
     "measure.min_runs": (1, None, False, False),
     "measure.min_seconds": (0, None, False, False),
     "measure.calibration_images": (1, None, False, False),
+    "measure.rounds": (1, None, False, False),
+    "measure.block_seconds": (0, None, False, False),
+    "measure.canary_drift": (0, None, True, False),
+    "measure.contention_cores": (0, None, False, False),
+    "measure.max_reruns": (0, None, False, False),
 }
 
 
