@@ -174,7 +174,7 @@ def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data
     for bb, ds, seed in itertools.product(backbones, datasets, seeds):
         data = {k: v for k, v in (("source", data_source), ("root", data_root)) if v is not None}
         cfg = config_mod.cell(bb, ds, preset=preset, seed=seed, data=data, cache_dir=cache_dir)
-        run_id = f"{bb}-{ds}-{preset}-s{seed}-{config_mod.config_hash(cfg)}"
+        run_id = config_mod.run_id(cfg, preset)
         params = {"backbone": bb, "dataset": ds, "preset": preset, "seed": seed,
                   "data_source": cfg.data.source, "data_root": cfg.data.root, "results_dir": str(results_dir),
                   "cache_dir": cache_dir, "run_id": run_id}

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -620,10 +621,21 @@ def config_hash(cfg: RunConfig, sections: tuple[str, ...] | None = None, length:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def run_id(cfg: RunConfig, order: str | None = None) -> str:
-    """A readable, unique run name, e.g. ``resnet18-cifar10-PQD-s0-3fa2c81b9e``."""
+def run_id(cfg: RunConfig, order: str | None = None, *, model: str | None = None, dataset: str | None = None,
+           identity: tuple[str, ...] = ()) -> str:
+    """A readable, unique run name ``<model>-<dataset>-<label>-s<seed>-<hash>``, e.g. ``resnet18-cifar10-PQD-s0-3fa2c81b9e``.
+
+    The one home of the run-id format. `order` is the label (default ``cfg.pipeline.order``; the
+    batch runner passes the preset); `model` and `dataset` default to the config's names (a user's
+    own network and data pass theirs); `identity` adds strings to the hash (e.g. fingerprints of a
+    user's model and data, which the config does not describe).
+    """
     order = cfg.pipeline.order if order is None else order
-    return f"{cfg.model.name}-{cfg.data.dataset}-{order}-s{cfg.seed}-{config_hash(cfg)}"
+    digest = config_hash(cfg)
+    if identity:
+        digest = hashlib.sha256("|".join((digest, *identity)).encode()).hexdigest()[:len(digest)]
+    name = "-".join((model or cfg.model.name, dataset or cfg.data.dataset, order, f"s{cfg.seed}", digest))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def with_section(cfg: RunConfig, section: str, **changes: Any) -> RunConfig:

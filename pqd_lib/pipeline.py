@@ -260,5 +260,9 @@ def compress(model: nn.Module, data: data_mod.DataSplits, order: str = "PQD", te
             teacher = distill_stage.load_teacher(cfg.distill.teacher, build_fn=lambda: _fresh_copy(model, cfg.seed))
         else:
             teacher, _ = train.train_baseline(cfg, data, model=_fresh_copy(model, cfg.seed), progress=progress)
-    extra = {"arch": train.arch_spec(model), "data_source": data.source}
+    # The records name the user's architecture and data, never the config's default backbone/dataset.
+    arch = train.arch_spec(model)
+    identity = (train.model_fingerprint(model), train.data_fingerprint(data))
+    extra = {"arch": arch, "data_source": data.source, "backbone": arch["name"], "dataset": data.name,
+             "run_id": config_mod.run_id(cfg, order, model=arch["name"], dataset=data.name, identity=identity)}
     return run_stages(model, cfg, data, teacher=teacher, progress=progress, extra_record=extra)

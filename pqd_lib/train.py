@@ -34,6 +34,7 @@ from tqdm import tqdm
 from . import config as config_mod
 from . import data as data_mod
 from ._atomic import atomic_path
+from .data import Augmentation
 from .config import RunConfig
 
 __all__ = [
@@ -355,16 +356,19 @@ def fit(model: nn.Module, data: data_mod.DataSplits, cfg: RunConfig, *, epochs: 
     return history
 
 
-def _data_fingerprint(data: data_mod.DataSplits) -> str:
+def data_fingerprint(data: data_mod.DataSplits) -> str:
     """Cheap identity of a dataset: its source, sizes and labels (a user's own tensors included)."""
     h = hashlib.sha256()
     h.update(f"{data.source}|{tuple(data.x_train.shape)}|{tuple(data.x_test.shape)}".encode())
     h.update(data.y_train.cpu().numpy().tobytes())
     h.update(data.x_train[:: max(1, len(data.x_train) // 64)].cpu().numpy().tobytes())
+    if data.augmentation != Augmentation.for_shape(*data.x_train.shape[2:]):
+        # Only a non-default augmentation joins the key, so existing cache entries keep their names.
+        h.update(repr(data.augmentation).encode())
     return h.hexdigest()[:10]
 
 
-def _model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: nn.Module) -> str:
     """Identity of a user model's architecture: class name, parameter/buffer names and shapes."""
     h = hashlib.sha256(type(model).__qualname__.encode())
     for name, t in model.state_dict().items():
@@ -381,12 +385,13 @@ def baseline_path(cfg: RunConfig, data: data_mod.DataSplits | None = None,
     """
     key = config_mod.config_hash(cfg, sections=("seed", "data", "model", "train"))
     if data is not None:
-        key = f"{key}-{_data_fingerprint(data)}"
-    name = cfg.model.name
+        key = f"{key}-{data_fingerprint(data)}"
+    name, dataset = cfg.model.name, cfg.data.dataset
     if model is not None:
         name = type(model).__name__
-        key = f"{key}-{_model_fingerprint(model)}"
-    return cfg.cache_path / "baselines" / f"{name}-{cfg.data.dataset}-s{cfg.seed}-{key}.pt"
+        dataset = data.name if data is not None else dataset
+        key = f"{key}-{model_fingerprint(model)}"
+    return cfg.cache_path / "baselines" / f"{name}-{dataset}-s{cfg.seed}-{key}.pt"
 
 
 def train_baseline(cfg: RunConfig, data: data_mod.DataSplits | None = None, *, model: nn.Module | None = None,

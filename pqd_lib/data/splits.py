@@ -7,6 +7,7 @@ Built by the sources (:func:`pqd_lib.data.load`) or from a user's own tensors
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,12 @@ class DataSplits:
     def num_classes(self) -> int:
         """The number of classes (10 for CIFAR-10, 100 for CIFAR-100)."""
         return len(self.classes)
+
+    @property
+    def name(self) -> str:
+        """A short name for run ids: the source's words and the image shape, e.g. ``mnist-1x28x28``."""
+        words = re.sub(r"[^a-z0-9]+", "-", self.source.lower()).strip("-") or "data"
+        return f"{words}-{'x'.join(str(v) for v in self.x_train.shape[1:])}"
 
     @property
     def device(self) -> torch.device:
