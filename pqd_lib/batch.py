@@ -31,12 +31,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from . import backbones as backbones_mod
 from . import config as config_mod
 from ._atomic import atomic_write_text
 
 __all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "notebook_names"]
 
-BACKBONES = ("resnet18", "wrn28_10", "vgg16_bn")
+BACKBONES = backbones_mod.BACKBONES
 DATASETS = ("cifar10", "cifar100")
 NOTEBOOKS_DIR = Path(os.environ.get("PQD_NOTEBOOKS", Path(__file__).resolve().parents[1] / "notebooks"))
 
@@ -151,7 +152,7 @@ def _check_types(notebook: Path, declared: dict[str, type | None], given: dict[s
 
 
 def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data_source: str | None = None,
-         data_root: str | None = None, results_dir: str | os.PathLike = "reports/results",
+         data_root: str | None = None, results_dir: str | os.PathLike = config_mod.DEFAULT_RESULTS_DIR,
          runs_dir: str | os.PathLike = "reports/runs", cache_dir: str | None = None) -> list[Run]:
     """Resolve and validate every run of a batch (no notebook runs); raise BatchError/ConfigError on bad input."""
     backbones = _expand(backbone, BACKBONES, "backbone")

@@ -69,13 +69,10 @@ def allocate_epochs(order: str, epochs: tuple[int, int, int], allocation: str) -
     ``by_stage``: letter L gets ``epochs[list(STAGES).index(L)]`` (P, Q, D = 20/40/40 in the paper);
     ``by_position``: the i-th stage run gets ``epochs[i]``.
     """
-    slots = list(STAGES)
+    # `allocation` is one of PipelineConfig's two values (checked where it is declared).
     if allocation == "by_stage":
-        return [epochs[slots.index(letter)] for letter in order]
-    if allocation == "by_position":
-        return [epochs[i] for i in range(len(order))]
-    raise config_mod.ConfigError(f"pipeline.allocation: {allocation!r} is not allowed; "
-                                 "choose 'by_stage', 'by_position'")
+        return [epochs[list(STAGES).index(letter)] for letter in order]
+    return [epochs[i] for i in range(len(order))]
 
 
 def deploy_form(model: nn.Module, *, backend: str = "x86") -> tuple[nn.Module, str]:
@@ -247,9 +244,7 @@ def compress(model: nn.Module, data: data_mod.DataSplits, order: str = "PQD", te
     cfg = config if config is not None else RunConfig()
     if not isinstance(cfg, RunConfig):
         raise TypeError(f"compress: config must be a RunConfig or None, got {type(cfg).__name__}")
-    if not isinstance(order, str):
-        raise config_mod.ConfigError(f"pipeline.order: {order!r} is not a string; use letters P, Q, D (e.g. 'PQD')")
-    cfg = config_mod.with_section(cfg, "pipeline", order=order)
+    cfg = config_mod.with_section(cfg, "pipeline", order=order)  # PipelineConfig checks the order
     if "Q" in order:
         quantize_stage.check_backend(cfg.quantize.backend)
     distill_stage.check_teacher(model, data, where="compress", role="model")

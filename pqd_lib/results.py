@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import config as config_mod
 from .config import RunConfig, config_hash, run_id, to_dict
 from ._atomic import atomic_write_text
 
@@ -40,7 +41,7 @@ __all__ = ["SCHEMA_VERSION", "DEFAULT_RESULTS_DIR", "COLUMNS", "ResultsError", "
 #: Version of the record layout; records of another version are refused by :func:`load_results`.
 SCHEMA_VERSION = 1
 #: Where records go when no directory is given (``RunConfig.results_dir``'s default; relative to the CWD).
-DEFAULT_RESULTS_DIR = "reports/results"
+DEFAULT_RESULTS_DIR = config_mod.DEFAULT_RESULTS_DIR
 #: Columns every loaded DataFrame has, first and in this order (NaN where a record lacks them).
 COLUMNS = ["run_id", "backbone", "dataset", "width", "preset", "order", "stage", "seed", "data_source", "top1",
            "top5", "sparsity", "size_bytes", "latency_ms_p50", "latency_ms_p90", "runtime", "form", "threads",

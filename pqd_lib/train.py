@@ -113,8 +113,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, total_ste
     if schedule == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps)
-    if schedule != "cosine":
-        raise ValueError(f"schedule: {schedule!r} is not allowed; choose 'cosine' or 'onecycle'")
+    # Otherwise cosine: TrainConfig.schedule allows only these two (checked where it is declared).
     warmup_steps = min(warmup_steps, total_steps - 1)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps)
     if warmup_steps <= 0:

@@ -9,7 +9,6 @@ an unreadable file is rebuilt with a warning.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from .._atomic import atomic_path
+from ..config import cache_root
 from .datasets import DatasetInfo
 from .splits import DataSplits
 
@@ -25,13 +25,6 @@ __all__ = ["cache_root", "cached"]
 
 # Bumped whenever decoding or the cache layout changes, so that old caches are never reused.
 CACHE_VERSION = 1
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache directory: `cache_dir`, else ``$PQD_CACHE``, else ``~/.cache/pqd`` (as ``RunConfig.cache_path``)."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    return Path(os.environ.get("PQD_CACHE", "~/.cache/pqd")).expanduser()
 
 
 def cached(cache: Path, slot: str, key_parts: Sequence[Any], build: Callable[[], DataSplits]) -> DataSplits:

@@ -267,10 +267,7 @@ def load(cfg: DataConfig, *, seed: int = 0, cache_dir: str | os.PathLike | None 
         DataError: data missing (with how to get it), class folders that do not match the
             dataset, an undecodable image, a subset larger than the data.
     """
-    if cfg.dataset not in DATASETS:
-        raise DataError(f"data.dataset: {cfg.dataset!r} is not known; choose one of {', '.join(map(repr, DATASETS))}")
-    if cfg.source not in SOURCES:
-        raise DataError(f"data.source: {cfg.source!r} is not known; choose one of {', '.join(map(repr, SOURCES))}")
+    # cfg.dataset and cfg.source are checked where DataConfig declares them.
     full = SOURCES[cfg.source](DATASETS[cfg.dataset], cfg, cache_root(cache_dir) / "data")
     return full.subset(cfg.train_subset, cfg.test_subset, seed)
 
