@@ -15,9 +15,14 @@ below are loaded on first use.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from ._lazy import attach
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("pqd")  # the one version source: pyproject.toml, through the installed metadata
+except PackageNotFoundError:  # a source checkout on sys.path that was never installed
+    __version__ = "0+unknown"
 
 # Public name -> module that defines it; resolved lazily (PEP 562).
 _LAZY = {
