@@ -28,6 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import labels
+from .labels import Kind, Notebook
+from .measure.table import protocol_point
+
 __all__ = ["ALPHA", "HOLDS", "FAILS", "UNRESOLVED", "PAPER_VALUES", "Comparison", "select", "protocol_point",
            "pipeline_target",
            "methods", "paired", "verdicts", "paper_beside_ours", "proxy_correlations"]
@@ -84,7 +88,7 @@ _SOURCE_KINDS = {"torchvision", "folder", "embedded"}
 
 def pipeline_target(df: pd.DataFrame) -> float | None:
     """The pipeline's target sparsity: notebook 02 also prunes to other targets, so it is read elsewhere."""
-    for config in df.loc[df["notebook"].ne("02"), "config"] if "config" in df else []:
+    for config in df.loc[df["notebook"].ne(Notebook.PRUNE), "config"] if "config" in df else []:
         try:
             return float(config["prune"]["target_sparsity"])
         except (TypeError, KeyError):
@@ -92,23 +96,17 @@ def pipeline_target(df: pd.DataFrame) -> float | None:
     return None
 
 
-def protocol_point(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows at the protocol's fewest threads and smallest batch (the point every figure plots)."""
-    timed = df.dropna(subset=["threads", "batch_size"])
-    if timed.empty:
-        return timed
-    return timed[timed["threads"].eq(timed["threads"].min()) & timed["batch_size"].eq(timed["batch_size"].min())]
-
-
 def _pruned_alone(df: pd.DataFrame) -> str | None:
     """The name of notebook 02's model pruned to the pipeline's own target (e.g. ``P50``)."""
     target = pipeline_target(df)
-    return None if target is None else f"P{round(100 * target)}"
+    return None if target is None else labels.pruned(target)
 
 
 #: The single-stage methods: (notebook, model name or None for P at the pipeline's target, method, group).
-_SINGLES = (("01", "baseline", "FP32 baseline", "baseline"), ("02", None, "P alone", "single stage"),
-            ("03", "Q", "Q alone", "single stage"), ("04", "D", "D alone", "single stage"))
+_SINGLES = ((Notebook.BASELINE, labels.BASELINE, "FP32 baseline", "baseline"),
+            (Notebook.PRUNE, None, "P alone", "single stage"),
+            (Notebook.QUANTIZE, labels.QUANTIZED, "Q alone", "single stage"),
+            (Notebook.DISTILL, labels.DISTILLED, "D alone", "single stage"))
 
 
 def methods(df: pd.DataFrame) -> pd.DataFrame:
@@ -123,7 +121,7 @@ def methods(df: pd.DataFrame) -> pd.DataFrame:
                "threads", "batch_size", "form"]
     parts = [_measured(df, nb, model or _pruned_alone(df)).assign(method=method, group=group)
              for nb, model, method, group in _SINGLES]
-    deploy = protocol_point(df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage")])
+    deploy = protocol_point(df[df["kind"].eq(Kind.DEPLOY) & df["allocation"].eq("by_stage")])
     parts.append(deploy.assign(method=deploy["order"].map(_arrow), group="order"))
     out = pd.concat([part.reindex(columns=columns) for part in parts], ignore_index=True)
     return out.sort_values(["group", "method", "seed"], kind="stable").reset_index(drop=True)
@@ -184,7 +182,7 @@ def _by_seed(df: pd.DataFrame, column: str) -> pd.Series:
 
 def _measured(df: pd.DataFrame, notebook: str, model: str | None) -> pd.DataFrame:
     """Notebook `notebook`'s eager-runtime measurements of `model` at the protocol point."""
-    rows = protocol_point(df[df["kind"].eq("measured") & df["notebook"].eq(notebook)
+    rows = protocol_point(df[df["kind"].eq(Kind.MEASURED) & df["notebook"].eq(notebook)
                              & df["runtime"].fillna("torch-eager").eq("torch-eager")])
     return rows[rows["model"].eq(model)]
 
@@ -201,9 +199,9 @@ def _speedup(base: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.Series, pd.Ser
 def _c1(df: pd.DataFrame) -> list[dict[str, str]]:
     out = []
     speed = {}
-    for nb, name, model in (("02", "P", _pruned_alone(df)), ("03", "Q", "Q"),
-                            ("04", "D", "D")):
-        base, other, ratio = _speedup(_measured(df, nb, "baseline"), _measured(df, nb, model))
+    for nb, name, model in ((Notebook.PRUNE, "P", _pruned_alone(df)), (Notebook.QUANTIZE, "Q", labels.QUANTIZED),
+                            (Notebook.DISTILL, "D", labels.DISTILLED)):
+        base, other, ratio = _speedup(_measured(df, nb, labels.BASELINE), _measured(df, nb, model))
         speed[name] = (base, other, ratio)
     base, q, q_ratio = speed["Q"]
     if q_ratio.empty:
@@ -218,7 +216,7 @@ def _c1(df: pd.DataFrame) -> list[dict[str, str]]:
             verdict = FAILS
         else:
             verdict = UNRESOLVED
-        widths = sorted(set(_measured(df, "03", "Q")["width"].dropna()))
+        widths = sorted(set(_measured(df, Notebook.QUANTIZE, labels.QUANTIZED)["width"].dropna()))
         evidence = (f"width {', '.join(f'{w:g}' for w in widths)}: INT8 speed-up over FP32 "
                     f"{q_ratio.mean():.2f}x (FP32 − INT8 latency {faster.describe(' ms', 3)}); "
                     + "; ".join(f"{k} alone {speed[k][2].mean():.2f}x (Q − {k} speed-up {c.describe('x')})"
@@ -242,7 +240,7 @@ def _c1(df: pd.DataFrame) -> list[dict[str, str]]:
 
 
 def _latency_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return protocol_point(df[df["kind"].eq("latency")])
+    return protocol_point(df[df["kind"].eq(Kind.LATENCY)])
 
 
 def _full_width_latency(df: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series | None] | None:
@@ -258,8 +256,8 @@ def _full_width_latency(df: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Seri
 
 
 def _c2(df: pd.DataFrame) -> list[dict[str, str]]:
-    base = _measured(df, "02", "baseline")
-    pruned = _measured(df, "02", _pruned_alone(df))
+    base = _measured(df, Notebook.PRUNE, labels.BASELINE)
+    pruned = _measured(df, Notebook.PRUNE, _pruned_alone(df))
     b, p, ratio = _speedup(base, pruned)
     statement = "Pruning alone gives no CPU speed-up (dense kernels, trained width)"
     out = []
@@ -295,7 +293,7 @@ def _c2(df: pd.DataFrame) -> list[dict[str, str]]:
 
 
 def _c3(df: pd.DataFrame) -> list[dict[str, str]]:
-    deploy = df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage")]
+    deploy = df[df["kind"].eq(Kind.DEPLOY) & df["allocation"].eq("by_stage")]
     statement = "P → Q → D is the best of the 6 orders (fixed epoch allocation, by stage)"
     top = {o: _by_seed(deploy[deploy["order"].eq(o)], "top1") for o in ORDERS}
     top = {o: s for o, s in top.items() if len(s)}
@@ -318,7 +316,7 @@ def _c3(df: pd.DataFrame) -> list[dict[str, str]]:
 
 
 def _c4(df: pd.DataFrame) -> list[dict[str, str]]:
-    stages = df[df["kind"].eq("stage") & df["order"].eq("PQD")]
+    stages = df[df["kind"].eq(Kind.STAGE) & df["order"].eq(labels.PIPELINE)]
     statement = "Distillation applied last recovers accuracy, without changing the deployed form"
     after_q, after_d = stages[stages["stage"].eq("Q")], stages[stages["stage"].eq("D")]
     if after_q.empty or after_d.empty:
@@ -394,7 +392,7 @@ def paper_beside_ours(df: pd.DataFrame) -> pd.DataFrame:
         texts.append(f"{full[1]['latency_ms_p50']:.2f} ms (INT8, width 1.0, {int(full[1]['threads'])} thread(s), "
                      f"batch {int(full[1]['batch_size'])})")
     ours.append("; ".join(texts) or "not measured")
-    deploy = df[df["kind"].eq("deploy")]
+    deploy = df[df["kind"].eq(Kind.DEPLOY)]
     epochs = sorted(set(deploy.get("epochs", pd.Series(dtype=object)).dropna())) if len(deploy) else []
     allocation = (f"{'/'.join(str(e) for e in deploy['config'].iloc[0]['pipeline']['epochs'])} (scaled preset)"
                   if len(deploy) else "not run")

@@ -26,17 +26,20 @@ import platform
 import re
 import subprocess
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import config as config_mod
-from .config import RunConfig, config_hash, run_id, to_dict
+from .config import RunConfig, config_hash, to_dict
+from .config import run_id as run_id_of  # `run_id` is also a record field and a parameter name
 from ._atomic import atomic_write_text
+from .labels import Kind, Notebook
 
 __all__ = ["SCHEMA_VERSION", "DEFAULT_RESULTS_DIR", "COLUMNS", "ResultsError", "code_version", "make_record",
-           "append", "load_results"]
+           "append", "record_measurements", "record_stages", "load_results"]
 
 #: Version of the record layout; records of another version are refused by :func:`load_results`.
 SCHEMA_VERSION = 1
@@ -94,7 +97,7 @@ def make_record(cfg: RunConfig | None = None, **fields: Any) -> dict[str, Any]:
     if cfg is not None:
         order = fields.get("order", cfg.pipeline.order)
         record.update({
-            "run_id": run_id(cfg, order),
+            "run_id": run_id_of(cfg, order),
             "config_hash": config_hash(cfg),
             "config": to_dict(cfg),
             "backbone": cfg.model.name,
@@ -163,6 +166,39 @@ def append(record: dict[str, Any], results_dir: str | os.PathLike | None = None,
     if path.exists() and not replace:
         raise ResultsError(f"{path}: a record with id {record['record_id']!r} exists already; records are never rewritten")
     return atomic_write_text(path, json.dumps(_plain(record), indent=1, sort_keys=False) + "\n")
+
+
+def record_measurements(table: pd.DataFrame, configs: Mapping[str, RunConfig], *, notebook: Notebook,
+                        results_dir: str | os.PathLike | None = None, run_id: str | None = None) -> list[Path]:
+    """Write one :attr:`Kind.MEASURED` record per row of a :func:`pqd_lib.measure.table.measure_models` table.
+
+    `configs` maps each row's ``model`` name to the config that made it. Record ids are
+    ``<notebook>-<model>-<runtime>-<threads>t-<batch>b``, so a notebook run again replaces its own
+    records. `run_id` (set by ``pqd batch``) groups them; None derives it from each model's config.
+    """
+    paths = []
+    for row in table.to_dict("records"):
+        cfg = configs[row["model"]]
+        record = make_record(
+            cfg, record_id=f"{notebook}-{row['model']}-{row['runtime']}-{row['threads']}t-{row['batch_size']}b",
+            run_id=run_id or run_id_of(cfg, row["order"]), notebook=notebook, kind=Kind.MEASURED, **row)
+        paths.append(append(record, results_dir, replace=True))
+    return paths
+
+
+def record_stages(stage_records: list[dict[str, Any]], cfg: RunConfig, *, notebook: Notebook,
+                  results_dir: str | os.PathLike | None = None, run_id: str | None = None) -> list[Path]:
+    """Write one :attr:`Kind.STAGE` record per stage of a pipeline run (``pipeline.run``'s records).
+
+    The training histories stay out of the store. Record ids are ``<notebook>-<order>-<position><stage>``.
+    """
+    paths = []
+    for r in stage_records:
+        fields = {k: v for k, v in r.items() if k != "history"} | {"run_id": run_id or r["run_id"]}
+        record = make_record(cfg, **fields, record_id=f"{notebook}-{r['order']}-{r['position']}{r['stage']}",
+                             notebook=notebook, kind=Kind.STAGE)
+        paths.append(append(record, results_dir, replace=True))
+    return paths
 
 
 def load_results(results_dir: str | os.PathLike | None = None) -> pd.DataFrame:
