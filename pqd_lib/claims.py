@@ -60,12 +60,23 @@ def _arrow(order: str) -> str:
 
 
 def select(df: pd.DataFrame, backbone: str | None = None, dataset: str | None = None,
-           preset: str | None = None) -> pd.DataFrame:
-    """The records of one backbone / dataset / preset (None: any), with the columns this module reads."""
+           preset: str | None = None, machine: str | None = None) -> pd.DataFrame:
+    """The records of one backbone / dataset / preset / machine (None: any), with the columns this module reads.
+
+    Every comparison stays within one machine (latency and its ratios depend on the CPU), so a
+    selection holding records of several machines needs `machine`.
+
+    Raises:
+        ValueError: records of several machines and no `machine` chosen (the message lists them).
+    """
     out = df
-    for column, value in (("backbone", backbone), ("dataset", dataset), ("preset", preset)):
+    for column, value in (("backbone", backbone), ("dataset", dataset), ("preset", preset), ("machine", machine)):
         if value is not None:
             out = out[out[column] == value]
+    machines = sorted(out["machine"].dropna().unique()) if "machine" in out else []
+    if len(machines) > 1:
+        raise ValueError(f"machine: the records come from {len(machines)} machines ({', '.join(machines)}); "
+                         "comparisons stay within one machine: choose one (pqd report --machine NAME)")
     out = out.copy()
     for column in ("notebook", "kind", "model", "allocation", "runtime"):
         if column not in out:

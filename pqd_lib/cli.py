@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from collections.abc import Sequence
 
 from . import config as config_mod
@@ -98,14 +99,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     records = results.load_results(args.results_dir)
     written = report.write_reports(records, args.out, backbone=args.backbone, dataset=args.dataset,
-                                   preset=args.preset)
+                                   preset=args.preset, machine=args.machine)
     if not written:
         print(f"pqd report: no records under {args.results_dir} match the selection; fill the store with "
               "pqd batch (see reports/README.md)", file=sys.stderr)
         return 1
-    for (backbone, dataset, preset), paths in written.items():
-        print(f"{backbone} {dataset} {preset}: {len(paths)} files in {args.out}/{backbone}-{dataset}-{preset}/")
-        for row in claims.verdicts(claims.select(records, backbone, dataset, preset)).itertuples():
+    for key, paths in written.items():
+        backbone, dataset, preset = key[:3]
+        machine = key[3] if len(key) > 3 else args.machine
+        print(f"{' '.join(key)}: {len(paths)} files in {Path(paths[-1]).parent}/")
+        for row in claims.verdicts(claims.select(records, backbone, dataset, preset, machine)).itertuples():
             print(f"  {row.claim}  {row.verdict:<32}  {row.statement}")
     print(f"{len(records)} records read in {time.perf_counter() - start:.1f} s")
     return 0
@@ -141,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--backbone", help="keep one backbone's records (default: all)")
     p_report.add_argument("--dataset", help="keep one dataset's records (default: all)")
     p_report.add_argument("--preset", help="keep one preset's records (default: all)")
+    p_report.add_argument("--machine", help="keep one machine's records (default: each machine its own folder)")
     p_report.set_defaults(func=_cmd_report)
     return parser
 
