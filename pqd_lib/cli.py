@@ -85,10 +85,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from . import batch
 
+    # Everything is checked before anything is created (no empty results or runs folders on bad input).
+    notebooks = batch.notebook_names(batch.NOTEBOOKS_DIR, args.notebooks)
     runs = batch.plan(args.backbone, args.dataset, args.preset, args.seeds, data_source=args.source,
                       data_root=args.root, results_dir=args.results_dir, runs_dir=args.runs_dir,
                       cache_dir=args.cache_dir)
-    notebooks = batch.notebook_names(batch.NOTEBOOKS_DIR, args.notebooks)
     result = batch.run_batch(runs, notebooks, progress=not args.no_progress)
     return 0 if result.ok else 1
 

@@ -195,7 +195,11 @@ def append(record: dict[str, Any], results_dir: str | os.PathLike | None = None,
     path = folder / f"{_safe_name(str(record['record_id']))}.json"
     if path.exists() and not replace:
         raise ResultsError(f"{path}: a record with id {record['record_id']!r} exists already; records are never rewritten")
-    return atomic_write_text(path, json.dumps(_plain(record), indent=1, sort_keys=False) + "\n")
+    try:
+        return atomic_write_text(path, json.dumps(_plain(record), indent=1, sort_keys=False) + "\n")
+    except OSError as exc:  # a full disk, a read-only store: say which file, not just errno
+        raise ResultsError(f"{path}: cannot write this record ({exc.strerror or exc}); free space or choose "
+                           "another results_dir") from None
 
 
 def record_measurements(table: pd.DataFrame, configs: Mapping[str, RunConfig], *, notebook: Notebook,
@@ -248,8 +252,8 @@ def load_results(results_dir: str | os.PathLike | None = None, *, machine: str |
     root = Path(results_dir if results_dir is not None else DEFAULT_RESULTS_DIR)
     rows = []
     for path in sorted(root.glob("**/*.json")) if root.is_dir() else []:
-        if path.name.startswith("."):
-            continue
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # temporary files, and records staged by a notebook that has not succeeded (yet)
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as exc:

@@ -191,3 +191,14 @@ def test_comparisons_stay_within_one_machine(tmp_path, monkeypatch):
     assert set(claims.select(df, machine="lab-a")["machine"]) == {"lab-a"}
     origin = report.provenance(df)
     assert sorted(origin["machine"]) == ["lab-a", "laptop-b"]
+
+
+def test_staged_records_are_not_loaded_and_a_write_error_names_the_file(tmp_path):
+    R.append({"run_id": "r", "record_id": "visible", "top1": 1.0}, tmp_path)
+    R.append({"run_id": "r", "record_id": "staged", "top1": 2.0}, tmp_path / ".staging" / "run" / "05_pipeline")
+    assert R.load_results(tmp_path)["record_id"].tolist() == ["visible"]
+    blocked = tmp_path / "full"
+    blocked.write_text("a file where the store's folder should be")
+    with pytest.raises(R.ResultsError) as err:
+        R.append({"run_id": "r", "record_id": "x", "top1": 1.0}, blocked)
+    assert "x.json" in str(err.value) and "cannot write" in str(err.value)
