@@ -270,7 +270,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: Path = NOTEBOOKS_DIR,
               kernel_name: str = "python3", progress: bool = True, log=print) -> BatchResult:
     """Execute `notebooks` for every run with papermill; skip what is done, list what failed."""
-    import papermill
+    import papermill  # the [notebooks] extra: `pip install pqd` alone has no papermill
 
     notebooks_dir = Path(notebooks_dir)
     declared = {nb: _notebook_parameters(notebooks_dir / nb) for nb in notebooks}

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from collections.abc import Sequence
 
+from . import batch, pipeline, results, train
 from . import config as config_mod
 
 __all__ = ["main", "resolve_config"]
@@ -46,8 +47,6 @@ def resolve_config(args: argparse.Namespace) -> config_mod.RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import train
-
     cfg = resolve_config(args)
     if args.print_config:
         print(config_mod.to_yaml(cfg), end="")
@@ -68,8 +67,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import pipeline
-
     cfg = resolve_config(args)
     if args.order:
         cfg = config_mod.apply_overrides(cfg, {"pipeline.order": args.order})
@@ -83,8 +80,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from . import batch
-
     # Everything is checked before anything is created (no empty results or runs folders on bad input).
     notebooks = batch.notebook_names(batch.NOTEBOOKS_DIR, args.notebooks)
     runs = batch.plan(args.backbone, args.dataset, args.preset, args.seeds, data_source=args.source,
@@ -95,7 +90,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from . import claims, report, results
+    from . import claims, report  # the [report] extra (matplotlib, seaborn, scipy): only this command needs it
 
     start = time.perf_counter()
     records = results.load_results(args.results_dir)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from . import config as config_mod
 from . import data as data_mod
+from . import models
 from ._atomic import atomic_path
 from .data import Augmentation
 from .config import RunConfig
@@ -401,8 +402,6 @@ def train_baseline(cfg: RunConfig, data: data_mod.DataSplits | None = None, *, m
     the hash of seed, data, model and baseline schedule (and the data's fingerprint), so stage
     settings never cause a retrain. `model` overrides the registry model (a user's own network).
     """
-    from . import models  # local: models is only needed when a baseline is actually built
-
     if data is None:
         data = data_mod.load(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_path)
     path = baseline_path(cfg, data, model)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
 from ..config import DataConfig
@@ -207,8 +208,6 @@ def _load_embedded(info: DatasetInfo, cfg: DataConfig, cache: Path) -> DataSplit
 
 # --- source: torchvision ----------------------------------------------------
 def _load_torchvision(info: DatasetInfo, cfg: DataConfig, cache: Path) -> DataSplits:
-    import torchvision  # imported here: only this source needs it, and it costs ~1 s to import
-
     tv_cls = getattr(torchvision.datasets, info.torchvision_class)
     root = data_root(cfg).resolve()
     base = root / tv_cls.base_folder

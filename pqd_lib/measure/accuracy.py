@@ -18,22 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+from .. import data as data_mod
+from ..stages.quantize import observers_paused
+from .onnx_runtime import session
+from .proxies import _quantized_weight
 
 __all__ = ["accuracy"]
 
 
 def _is_int8(model: nn.Module) -> bool:
-    from .proxies import _quantized_weight
-
     return any(_quantized_weight(m) is not None for m in model.modules())
 
 
 def _paused(model: nn.Module) -> Any:
-    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
-
     if any(isinstance(m, FakeQuantizeBase) for m in model.modules()):
-        from ..stages.quantize import observers_paused
-
         return observers_paused(model)
     return contextlib.nullcontext()
 
@@ -59,8 +59,6 @@ def accuracy(model: nn.Module | Any, data: Any = None, *, x: torch.Tensor | None
     Raises:
         ValueError: no test set given, or images that are not uint8 (N, C, H, W).
     """
-    from .. import data as data_mod
-
     if data is not None:
         x, y, mean, std = data.x_test, data.y_test, data.mean, data.std
     if x is None or y is None or mean is None or std is None:
@@ -70,8 +68,6 @@ def accuracy(model: nn.Module | Any, data: Any = None, *, x: torch.Tensor | None
     y = y.cpu()
     onnx_model = isinstance(model, (str, os.PathLike)) or hasattr(model, "run")
     if isinstance(model, (str, os.PathLike)):
-        from .onnx_runtime import session
-
         model = session(Path(model), threads=threads or (os.cpu_count() or 1))
     if not onnx_model:
         if _is_int8(model):

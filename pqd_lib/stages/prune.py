@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import train
 from . import StageContext
 
 __all__ = [
@@ -265,8 +266,6 @@ def prune(model: nn.Module, cfg: Any, data: Any, ctx: StageContext) -> nn.Module
     Optimiser: ``cfg.prune.lr`` (0.01, a tenth of the baseline rate: fine-tuning),
     ``cfg.prune.momentum``, ``cfg.prune.weight_decay``; schedule and batch size from ``cfg.train``.
     """
-    from .. import train  # local: the training stack is only needed when a stage actually runs
-
     pc = cfg.prune  # validated where declared (PruneConfig)
     layers = prunable_layers(model, prune_first_conv=pc.prune_first_conv, prune_classifier=pc.prune_classifier)
     if not layers:
