@@ -190,12 +190,17 @@ def _describe(t: Any) -> str:
     return type(t).__name__
 
 
-def _as_uint8_images(name: str, x: Any) -> torch.Tensor:
-    """Validate images and return them as uint8 NCHW contiguous (floats in [0, 1] are scaled and rounded)."""
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    """`value` as a tensor (arrays, lists), or a one-line ValueError naming the argument."""
     try:
-        x = torch.as_tensor(x)
+        return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{name}: cannot be read as a tensor ({exc})") from None
+
+
+def _as_uint8_images(name: str, x: Any) -> torch.Tensor:
+    """Validate images and return them as uint8 NCHW contiguous (floats in [0, 1] are scaled and rounded)."""
+    x = _as_tensor(name, x)
     if x.dim() != 4:
         hint = "; single-channel images (N, H, W) need a channel axis: pass x.unsqueeze(1)" if x.dim() == 3 else ""
         raise ValueError(f"{name}: expected 4 dimensions (N, C, H, W), got shape {tuple(x.shape)}{hint}")
@@ -216,10 +221,8 @@ def _as_uint8_images(name: str, x: Any) -> torch.Tensor:
 
 
 def _as_labels(name: str, y: Any) -> torch.Tensor:
-    try:
-        y = torch.as_tensor(y)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{name}: cannot be read as a tensor ({exc})") from None
+    """Validate class labels and return them as int64 (N,) contiguous."""
+    y = _as_tensor(name, y)
     if y.dim() != 1:
         raise ValueError(f"{name}: expected labels of shape (N,), got shape {tuple(y.shape)}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
