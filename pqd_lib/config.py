@@ -313,7 +313,7 @@ class RunConfig(_Section, section=''):
 
     seed: int = _f(0, ge=0)
     # Name of the preset that was layered on (recorded; changes nothing by itself).
-    preset: Literal["smoke", "mini", "paper"] | None = None
+    preset: Literal["smoke", "mini", "standard", "paper"] | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -367,6 +367,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"width": 0.25},
         "data": {"train_subset": 5000},
         "train": {"epochs": 15},
+        "pipeline": {"epochs": (1, 2, 2)},
+        "measure": {"warmup": 20, "min_runs": 100, "min_seconds": 1.0},
+    },
+    # All of CIFAR-10's training images, on 2 CPU cores: decisive verdicts (issue 15). Fitting uses
+    # 45,000 images; 5,000 fixed ones (pqd_lib.train.holdout_validation, split seed 0) are the
+    # validation set every choice is made on; the test set only reports. Stage budget 1/2/2 epochs
+    # (the paper's 1:2:2) = 352/703/703 optimizer steps at batch 128; P's ramp is 85 % of its stage,
+    # ~300 steps in 30 mask updates (one per ~10 steps).
+    # Cost of one seed's grid on 2 Zen 4 cores, from 676 img/s FP32 training, half that for QAT,
+    # KD x1.33 for the teacher's forward pass, eval passes included:
+    #   baseline 15 epochs x 45,000 / 676 = 18 min; singles (P at 50/70/90 %, Q, D, D at alpha 0) 14 min;
+    #   6 orders by stage 65 min; C4 control (P → Q then 2 epochs CE, P → Q cached) 4.5 min;
+    #   position-independent learning rates (only stages after Q differ; prefixes cached) 25 min;
+    #   total ~126 min <= 2.5 h, leaving ~24 min for latency and sizes. On this AVX2-only CPU
+    #   (~310 img/s) the same grid takes ~4.6 h: it resumes across sessions (stage cache).
+    # The pilot (width 0.25, 15 epochs, 45,000 images) reached 84.34 % test top-1 (issue 15).
+    "standard": {
+        "model": {"width": 0.25},
+        "data": {"train_subset": None},
+        "train": {"epochs": 15},
+        "prune": {"ramp_fraction": 0.85, "ramp_updates": 30},
         "pipeline": {"epochs": (1, 2, 2)},
         "measure": {"warmup": 20, "min_runs": 100, "min_seconds": 1.0},
     },
@@ -540,7 +561,7 @@ def _check_preset(name: str | None) -> None:
 
 
 def preset(name: str, **overrides: Any) -> RunConfig:
-    """The config of preset `name` ('smoke', 'mini', 'paper') with every other field at its default.
+    """The config of preset `name` ('smoke', 'mini', 'standard', 'paper') with every other field at its default.
 
     `overrides` are sections or top-level fields, e.g. ``data={"source": "embedded"}, seed=1``.
     """
@@ -554,7 +575,7 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, **ove
 
     Args:
         path: a ``parameters/*.yaml`` file (overrides of the defaults only), or None for defaults.
-        preset: 'smoke', 'mini' or 'paper' layered on the file; None layers none.
+        preset: 'smoke', 'mini', 'standard' or 'paper' layered on the file; None layers none.
         overrides: sections or top-level fields, e.g. ``train={"epochs": 3}, seed=2``.
 
     Raises:

@@ -228,6 +228,16 @@ def test_sparse_encoding_fp32_by_hand():
     assert S.entropy_bound_bytes(conv) == pytest.approx((3 * 32 + 8 * h) / 8 + 8)
 
 
+def test_stored_size_picks_the_cheaper_form_per_layer_by_hand():
+    conv = _small_conv()
+    # 3 of 8 non-zero: bitmask 1 + 3 x 4 B beats dense 8 x 4 B; + bias 2 x 4 B.
+    assert S.stored_bytes(conv) == 1 + 3 * 4 + 2 * 4
+    with torch.no_grad():
+        conv.weight.fill_(0.5)
+    # Nothing pruned: dense 8 x 4 B beats bitmask 1 + 8 x 4 B, so no bitmask is paid.
+    assert S.stored_bytes(conv) == 8 * 4 + 2 * 4 < S.sparse_encoding_bytes(conv)
+
+
 def test_sparse_encoding_int8_by_hand():
     from torch.ao.nn.quantized import Conv2d as QConv2d
 
@@ -317,6 +327,9 @@ def test_accuracy_top1_top5_against_known_predictions():
     out = accuracy(_Constant(100), x=x, y=y, mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=7)
     assert out["top1"] == pytest.approx(100 * 3 / 20) and out["top5"] == pytest.approx(100 * 8 / 20)
     assert out["n"] == 20
+    from pqd_lib.stats import unpack_correct
+
+    assert unpack_correct(out["correct_bits"], 20).tolist() == [True] * 3 + [False] * 17  # per image, in order
     assert accuracy(_Constant(10), x=x, y=y, mean=(0.5,) * 3, std=(0.25,) * 3)["top5"] is None
     with pytest.raises(ValueError, match="uint8"):
         accuracy(_Constant(10), x=x.float(), y=y, mean=(0.5,) * 3, std=(0.25,) * 3)
