@@ -170,6 +170,10 @@ class QuantizeConfig:
     # sums; it also makes INT8 deviate more from QAT (logit SQNR 30 vs 45 dB, measured), so the
     # full range is the default and stage Q warns when the CPU lacks VNNI.
     reduce_range: bool = False
+    # Quantization flow: "fx" is torch.ao's FX graph mode (deprecated in torch 2.14, the reference
+    # until PT2E reaches parity on the mini grid), "pt2e" torchao's torch.export-based QAT, the
+    # maintained path (x86 backend only). See pqd_lib/stages/quantize_pt2e.py.
+    engine: Literal["fx", "pt2e"] = "fx"
     # torchvision's QAT recipe fine-tunes with lr 1e-4 at batch 32 (4e-4 at batch 128 by linear
     # scaling); we use 1e-3 because the CPU presets give Q only a few epochs to adapt.
     lr: float = 0.001
