@@ -121,9 +121,11 @@ def test_q_freezes_observers_and_bn_and_a_later_stage_retrains_then_refreezes(pq
 def test_frozen_bn_stays_frozen_when_the_training_loop_switches_modes():
     prepared = Q2.prepare_qat(_model(), reduce_range=True)
     Q2.freeze_bn_stats(prepared)
+    prepared = copy.deepcopy(prepared)  # the mode switch and the freeze survive a copy
     before = _running_means(prepared)
     prepared.eval()
     prepared.train()
+    assert prepared.training
     prepared(torch.randn(4, 3, 32, 32))
     assert all(torch.equal(before[n], b) for n, b in _running_means(prepared).items())
     Q2.update_bn_stats(prepared)
@@ -218,5 +220,27 @@ def test_sizes_and_proxies_read_pt2e_int8_weights_through_the_one_reader(pqd_run
         assert enc[name]["nonzero"] <= int(mask.sum())
     counted = proxies.count_params(int8)
     weights = sum(q.values.numel() for q in layers.values())
-    assert weights <= counted["params"] <= weights + sum(q.bias.numel() for q in layers.values() if q.bias is not None)
+    biases = sum(q.bias.numel() for q in layers.values() if q.bias is not None)
+    assert counted["params"] == weights + biases  # each weight once: the float copies are gone
+    # The state dict holds the INT8 weights and nothing of the float ones or of P's masks.
+    state = int8.state_dict()
+    assert sum(v.numel() for v in state.values() if v.dtype == torch.int8) == weights
+    assert not any(k.endswith(("conv1.weight", P.MASK)) for k in state)
     assert proxies.weight_tensors(int8).keys() == layers.keys()
+
+
+def test_the_int8_graph_exports_to_qdq_onnx_that_onnx_runtime_runs_like_the_reference(pqd_run, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    (out, _, data) = pqd_run
+    int8 = out["int8"]
+    path = Q2.save_onnx(int8, tmp_path / "int8.onnx")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    x = next(iter(data_mod.batches(data, "test", 16, shuffle=False, augment=False)))[0]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    expected = int8(x)
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.9
+    assert torch.allclose(got, expected, atol=0.5)

@@ -78,7 +78,10 @@ def count_params(model: nn.Module) -> dict[str, int]:
                 continue
             total += t.numel()
             nonzero += int(torch.count_nonzero(t))
+    biases = {id(q.bias) for q in layers.values() if q.bias is not None}  # counted above
     for p in params:  # float parameters left in an INT8 model (none for the pqd backbones)
+        if id(p) in biases:
+            continue
         total += p.numel()
         nonzero += int(torch.count_nonzero(p))
     return {"params": total, "nonzero_params": nonzero}

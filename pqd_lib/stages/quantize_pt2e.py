@@ -49,6 +49,7 @@ from torch import nn
 
 __all__ = [
     "API",
+    "SwitchableGraph",
     "quantization_config",
     "export_for_qat",
     "prepare_qat",
@@ -104,8 +105,8 @@ _DROPOUT_OPS = ("aten.dropout.default",)
 _DEQUANT_PER_CHANNEL = "quantized_decomposed.dequantize_per_channel.default"
 _CONV_LINEAR_OPS = ("aten.conv1d.default", "aten.conv2d.default", "aten.conv3d.default", "aten.linear.default")
 _LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-# Attribute on the prepared graph: True while BatchNorm statistics are frozen.
-_BN_FROZEN = "_pqd_bn_frozen"
+# Key in the prepared graph's ``meta`` (which deepcopy keeps): True while BatchNorm statistics are frozen.
+_BN_FROZEN = "pqd_bn_frozen"
 
 
 def quantization_config(*, reduce_range: bool) -> Any:
@@ -171,7 +172,7 @@ def _set_mode(model: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModu
     BatchNorm stays in its eval form while :func:`freeze_bn_stats` holds. Module flags are set too,
     so ``model.training`` answers as for any module.
     """
-    bn_training = training and not getattr(model, _BN_FROZEN, False)
+    bn_training = training and not model.meta.get(_BN_FROZEN, False)
     changed = False
     for node in model.graph.nodes:
         if node.op != "call_function":
@@ -191,12 +192,30 @@ def _set_mode(model: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModu
     return model
 
 
-def _make_switchable(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Give an exported graph working ``train()``/``eval()`` (PT2E disables them; see :func:`_set_mode`)."""
-    import types
+class SwitchableGraph(torch.fx.GraphModule):
+    """An exported graph whose ``train()``/``eval()`` switch its BatchNorm and dropout nodes (:func:`_set_mode`).
 
-    model.train = types.MethodType(lambda self, mode=True: _set_mode(self, mode), model)  # type: ignore[method-assign]
-    model.eval = types.MethodType(lambda self: _set_mode(self, False), model)  # type: ignore[method-assign]
+    PT2E replaces ``train``/``eval`` of a prepared graph by functions that raise; pqd's one training
+    loop calls them, so :func:`prepare_qat` and :func:`convert` give their graphs this class instead
+    (as a per-graph subclass: ``GraphModule`` keeps each graph's generated ``forward`` on its own class).
+    Being the class, not instance attributes, it survives ``copy.deepcopy``.
+    """
+
+    def train(self, mode: bool = True) -> SwitchableGraph:
+        """Training mode: BatchNorm on batch statistics (unless frozen), dropout on."""
+        return _set_mode(self, mode)
+
+    def eval(self) -> SwitchableGraph:
+        """Evaluation mode: BatchNorm on running statistics, dropout off."""
+        return _set_mode(self, False)
+
+
+def _make_switchable(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Give an exported graph working ``train()``/``eval()`` (PT2E disables them; see :class:`SwitchableGraph`)."""
+    for attr in ("train", "eval"):  # PT2E's instance-level replacements that raise
+        model.__dict__.pop(attr, None)
+    if not isinstance(model, SwitchableGraph):
+        model.__class__ = type("SwitchableGraph", (SwitchableGraph, type(model)), {})
     return model
 
 
@@ -222,7 +241,7 @@ def prepare_qat(model: nn.Module, *, reduce_range: bool,
     graph = export_for_qat(model, example_inputs)
     quantizer = X86InductorQuantizer().set_global(quantization_config(reduce_range=reduce_range))
     prepared = prepare_qat_pt2e(graph, quantizer)
-    setattr(prepared, _BN_FROZEN, False)
+    prepared.meta[_BN_FROZEN] = False
     return _make_switchable(prepared).train()
 
 
@@ -293,13 +312,13 @@ def enable_observers(model: nn.Module) -> None:
 
 def freeze_bn_stats(model: torch.fx.GraphModule) -> None:
     """Stop updating BatchNorm running statistics: BN normalises with them, in training too."""
-    setattr(model, _BN_FROZEN, True)
+    model.meta[_BN_FROZEN] = True
     _set_mode(model, model.training)
 
 
 def update_bn_stats(model: torch.fx.GraphModule) -> None:
     """Undo :func:`freeze_bn_stats`: in training BN uses and updates batch statistics again."""
-    setattr(model, _BN_FROZEN, False)
+    model.meta[_BN_FROZEN] = False
     _set_mode(model, model.training)
 
 
@@ -333,7 +352,22 @@ def convert(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
     twin = copy.deepcopy(model).cpu()
     _set_mode(twin, False)
     converted = convert_pt2e(twin)
+    _drop_unused_state(converted)
     return _make_switchable(converted).eval()
+
+
+def _drop_unused_state(model: torch.fx.GraphModule) -> None:
+    """Delete parameters and buffers the graph no longer reads, in place.
+
+    ``convert_pt2e`` adds the INT8 weights as new attributes but leaves the float weights (and P's
+    masks) registered: without this the state dict, and every size measured from it, would carry
+    each weight twice.
+    """
+    used = {n.target for n in model.graph.nodes if n.op == "get_attr"}
+    for name in [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]:
+        if name not in used:
+            owner, _, leaf = name.rpartition(".")
+            delattr(model.get_submodule(owner) if owner else model, leaf)
 
 
 @dataclass(frozen=True)
