@@ -12,6 +12,12 @@ from the file. The module is rebuilt instead:
   a converted module of identical structure, and the INT8 state dict (quantized weights, scales,
   zero points, the input quantizer's scale) is loaded into it.
 
+An INT8 file records the activation range the model was trained with (``quantize.reduce_range``,
+taken from the converted model itself, :func:`pqd_lib.stages.quantize.int8_settings`). A
+full-range (0..255) model computes wrong outputs on an x86 CPU without AVX-512 VNNI (its kernels
+saturate 16-bit sums; see :mod:`pqd_lib.stages.quantize`), so :func:`load_deploy` refuses it there
+in one line naming the fix, unless the caller passes ``allow_saturation=True``.
+
 Networks outside the registry (e.g. a user's model given to ``pqd_lib.compress``) cannot be rebuilt
 from a name: pass ``build_fn`` returning a fresh FP32 instance of the architecture.
 This is the loader of the latency measurement's child process; its signature is kept stable.
@@ -32,7 +38,7 @@ from . import train
 from .stages import prune as prune_stage
 from .stages import quantize as quantize_stage
 
-__all__ = ["FORMAT", "DeployError", "save_deploy", "load_deploy", "read_deploy_info"]
+__all__ = ["FORMAT", "DeployError", "save_deploy", "load_deploy", "read_deploy_info", "check_range"]
 
 #: Format tag inside every deploy file; bumped if the layout changes.
 FORMAT = "pqd-deploy/1"
@@ -49,8 +55,8 @@ def _describe(arch: dict[str, Any]) -> str:
 
 
 def save_deploy(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, Any], form: str,
-                backend: str = "x86", reduce_range: bool = False, input_shape: tuple[int, ...] = (1, 3, 32, 32),
-                metadata: dict[str, Any] | None = None) -> Path:
+                backend: str | None = None, reduce_range: bool | None = None,
+                input_shape: tuple[int, ...] = (1, 3, 32, 32), metadata: dict[str, Any] | None = None) -> Path:
     """Atomically write `model`'s deploy file (plain tensors and data only); return its path.
 
     Args:
@@ -59,12 +65,15 @@ def save_deploy(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, An
         arch: the architecture spec, e.g. ``train.arch_spec(cfg)`` = ``{"name", "num_classes", "width"}``.
         form: ``"fp32"`` or ``"int8"``; must match `model`.
         backend, reduce_range: the quantized engine and activation range the INT8 model was made
-            with (``cfg.quantize``); :func:`load_deploy` rebuilds the same structure with them.
+            with; None (the default) takes those :func:`~pqd_lib.stages.quantize.convert` recorded
+            on the model. :func:`load_deploy` rebuilds the same structure with them and checks the
+            range against the CPU it loads on. Ignored for FP32.
         input_shape: an input shape for FX tracing when rebuilding (values irrelevant).
         metadata: plain values (str, numbers, lists, dicts) stored alongside, e.g. accuracy, run id.
 
     Raises:
-        DeployError: `form` unknown or not the model's (an INT8 file needs a converted model).
+        DeployError: `form` unknown or not the model's (an INT8 file needs a converted model), or an
+            INT8 model's range/backend unknown or contradicting what its conversion recorded.
     """
     if form not in _FORMS:
         raise DeployError(f"form: {form!r} is not allowed; choose 'fp32' or 'int8'")
@@ -74,12 +83,56 @@ def save_deploy(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, An
                           "(pipeline.deploy_form or stages.quantize.convert)")
     if is_int8 != (form == "int8"):
         raise DeployError(f"save_deploy: form {form!r} but the model is {'INT8' if is_int8 else 'FP32'}")
+    if is_int8 and (quantize_stage.int8_settings(model) or {}).get("engine") == "pt2e":
+        raise DeployError("save_deploy: a PT2E INT8 graph (quantize.engine pt2e) is saved as a torch.export "
+                          "program or ONNX: stages.quantize_pt2e.save_program / save_onnx")
+    quantize = {"backend": None, "reduce_range": None}
+    if is_int8:
+        quantize = _int8_settings(model, path, backend=backend, reduce_range=reduce_range)
     state = prune_stage.without_masks(model.state_dict())
     payload = {"format": FORMAT, "arch": dict(arch), "form": form,
-               "quantize": {"backend": backend, "reduce_range": bool(reduce_range),
-                            "input_shape": [int(s) for s in input_shape]},
+               "quantize": {**quantize, "input_shape": [int(s) for s in input_shape]},
                "state_dict": state, "metadata": dict(metadata or {}), "torch_version": str(torch.__version__)}
     return train.atomic_save(payload, path)
+
+
+def _int8_settings(model: nn.Module, path: str | os.PathLike, *, backend: str | None,
+                   reduce_range: bool | None) -> dict[str, Any]:
+    """The backend and activation range to store for an INT8 model: what its conversion recorded,
+    or the caller's (which must agree with the record)."""
+    recorded = quantize_stage.int8_settings(model) or {}
+    given = {"backend": backend, "reduce_range": None if reduce_range is None else bool(reduce_range)}
+    out = {}
+    for key, value in given.items():
+        known = recorded.get(key)
+        if value is not None and known is not None and value != known:
+            raise DeployError(f"{path}: {key}={value!r} given, but the INT8 model was converted with {key}={known!r}")
+        out[key] = value if value is not None else known
+        if out[key] is None:
+            raise DeployError(f"{path}: the INT8 model does not record its {key} (not made by "
+                              f"stages.quantize.convert); pass {key}= to save_deploy")
+    return out
+
+
+def check_range(path: str | os.PathLike, *, allow_saturation: bool = False) -> None:
+    """Raise :class:`DeployError` if the deploy file is a full-range INT8 model that this CPU computes wrongly.
+
+    One line naming the file and the fix (retrain with ``quantize.reduce_range=true`` or run on a
+    CPU with AVX-512 VNNI); `allow_saturation` skips the check. FP32 files always pass.
+    """
+    payload = _read(Path(path))
+    _check_payload_range(payload, Path(path), allow_saturation)
+
+
+def _check_payload_range(payload: dict[str, Any], path: Path, allow_saturation: bool) -> None:
+    if payload["form"] != "int8":
+        return
+    q = payload.get("quantize") or {}
+    try:
+        quantize_stage.check_activation_range(bool(q.get("reduce_range")), q.get("backend") or "x86",
+                                              allow_saturation=allow_saturation, where=str(path))
+    except quantize_stage.ActivationRangeError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -107,7 +160,7 @@ def read_deploy_info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_deploy(path: str | os.PathLike, *, build_fn: Callable[[], nn.Module] | None = None,
-                arch: dict[str, Any] | None = None) -> nn.Module:
+                arch: dict[str, Any] | None = None, allow_saturation: bool = False) -> nn.Module:
     """Rebuild the deploy model saved by :func:`save_deploy` (eval mode, CPU); no code is unpickled.
 
     Args:
@@ -115,16 +168,20 @@ def load_deploy(path: str | os.PathLike, *, build_fn: Callable[[], nn.Module] | 
         build_fn: returns a fresh FP32 instance of the architecture; needed for networks outside
             ``pqd_lib.models`` (registry models are rebuilt from the file's ``arch``).
         arch: the architecture the caller expects; a file of another architecture is an error.
+        allow_saturation: load a full-range INT8 model even on a CPU without AVX-512 VNNI, whose
+            kernels then give wrong outputs wherever 16-bit pair sums saturate.
 
     Raises:
         DeployError: missing or corrupt file, another architecture than `arch`, a non-registry
             architecture without `build_fn`, or a state dict that does not fit the built model
-            (the message names the path and both architectures).
+            (the message names the path and both architectures), or a full-range INT8 model on
+            a CPU without AVX-512 VNNI (the message names the fix).
     """
     from . import models
 
     path = Path(path)
     payload = _read(path)
+    _check_payload_range(payload, path, allow_saturation)
     saved = payload.get("arch") or {}
     if arch is not None and dict(arch) != saved:
         raise DeployError(f"{path}: deploy file is for {_describe(saved)}, but {_describe(dict(arch))} was expected")
@@ -136,9 +193,11 @@ def load_deploy(path: str | os.PathLike, *, build_fn: Callable[[], nn.Module] | 
     if payload["form"] == "int8":
         q = payload.get("quantize") or {}
         try:
-            model = quantize_stage.int8_skeleton(model, backend=q.get("backend", "x86"),
-                                                 reduce_range=bool(q.get("reduce_range", False)),
-                                                 input_shape=tuple(q.get("input_shape", (1, 3, 32, 32))))
+            # The range was checked above (with the path in the message).
+            model = quantize_stage.int8_skeleton(model, backend=q.get("backend") or "x86",
+                                                 reduce_range=bool(q.get("reduce_range")),
+                                                 input_shape=tuple(q.get("input_shape", (1, 3, 32, 32))),
+                                                 allow_saturation=True)
         except quantize_stage.BackendError as exc:
             raise DeployError(f"{path}: {exc}") from None
     state = payload["state_dict"]

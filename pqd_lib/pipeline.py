@@ -131,6 +131,7 @@ def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, o
     # Fail before any training on what can be checked up front.
     if "Q" in order:
         quantize_stage.check_backend(cfg.quantize.backend)
+        quantize_stage.check_activation_range(cfg.quantize.reduce_range, cfg.quantize.backend)
     if "D" in order:
         if teacher is None:
             raise distill_stage.TeacherError("distill: D is in the order but no teacher was given")
@@ -190,6 +191,7 @@ def run(cfg: RunConfig | None = None, data: data_mod.DataSplits | None = None, *
     cfg = _validated(cfg or RunConfig(), order)
     if "Q" in cfg.pipeline.order:
         quantize_stage.check_backend(cfg.quantize.backend)  # before the (long) baseline
+        quantize_stage.check_activation_range(cfg.quantize.reduce_range, cfg.quantize.backend)
     if data is None:
         data = data_mod.load(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_path)
     baseline, info = train.train_baseline(cfg, data, progress=progress)
@@ -252,6 +254,7 @@ def compress(model: nn.Module, data: data_mod.DataSplits, order: str = "PQD", te
     cfg = config_mod.with_section(cfg, "pipeline", order=order)
     if "Q" in order:
         quantize_stage.check_backend(cfg.quantize.backend)
+        quantize_stage.check_activation_range(cfg.quantize.reduce_range, cfg.quantize.backend)
     distill_stage.check_teacher(model, data, where="compress", role="model")
     if teacher is not None and "D" in order:
         distill_stage.check_teacher(teacher, data, where="compress")

@@ -388,10 +388,53 @@ def test_hardware_info_fields():
 
     info = hardware_info()
     assert info["cpu_count"] == os.cpu_count() and info["torch_version"] == torch.__version__
-    assert all(isinstance(info[k], bool) for k in ("isa_avx2", "isa_avx512f", "isa_avx512_vnni",
-                                                   "isa_avx512_bf16", "isa_amx"))
+    assert all(isinstance(info[k], bool) for k in ("isa_avx2", "isa_avx512f", "isa_avx512_vnni", "isa_avx_vnni",
+                                                   "isa_avx512_bf16", "isa_amx", "int8_vnni"))
     assert info["quantized_engine"] == torch.backends.quantized.engine
-    assert str(info["cpu_count"]) in describe(info)
+    assert str(info["cpu_count"]) in describe(info) and info["cpu_capability_class"] in describe(info)
+
+
+def test_hardware_info_comes_from_torch_cpu_capabilities(monkeypatch):
+    from pqd_lib.measure import hardware
+
+    zen4 = {"architecture": "x86_64", "cpu_name": "Test CPU", "avx2": True, "avx512_f": True,
+            "avx512_vnni": True, "avx512_bf16": True, "amx_int8": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: zen4)
+    hardware.capabilities.cache_clear()
+    hardware._static_info.cache_clear()
+    try:
+        info = hardware.hardware_info()
+        assert info["cpu_model"] == "Test CPU" and info["isa_avx512_vnni"] and info["isa_avx512f"]
+        assert not info["isa_amx"] and info["cpu_capability_class"] == "x86-avx512-vnni" and info["int8_vnni"]
+    finally:
+        hardware.capabilities.cache_clear()
+        hardware._static_info.cache_clear()
+
+
+@pytest.mark.parametrize("caps, cls, vnni", [
+    ({"architecture": "x86_64", "avx2": True}, "x86-avx2", False),
+    ({"architecture": "x86_64", "avx2": True, "avx_vnni": True}, "x86-avx2", False),  # AVX-VNNI: not used by the x86 engine
+    ({"architecture": "x86_64", "avx2": True, "avx512_f": True}, "x86-avx512", False),
+    ({"architecture": "x86_64", "avx2": True, "avx512_f": True, "avx512_vnni": True}, "x86-avx512-vnni", True),
+    ({"architecture": "x86_64", "avx512_f": True, "avx512_vnni": True, "amx_int8": True}, "x86-amx", True),
+    ({"architecture": "x86_64", "sse4_2": True}, "x86", False),
+    ({"architecture": "arm64", "neon": True}, "arm64", True),
+    ({}, "unknown", False),
+])
+def test_capability_class_and_int8_vnni(caps, cls, vnni):
+    from pqd_lib.measure import hardware
+
+    assert hardware.capability_class(caps) == cls and hardware.has_int8_vnni(caps) is vnni
+
+
+def test_records_without_the_class_get_it_from_their_isa_columns():
+    from pqd_lib.measure.hardware import record_capability_class
+
+    old = {"isa_avx2": True, "isa_avx512f": True, "isa_avx512_vnni": True, "isa_avx512_bf16": True, "isa_amx": False}
+    assert record_capability_class(old) == "x86-avx512-vnni"
+    assert record_capability_class({**old, "isa_avx512f": False, "isa_avx512_vnni": False}) == "x86-avx2"
+    assert record_capability_class({"cpu_capability_class": "x86-amx", **old}) == "x86-amx"
+    assert record_capability_class({"cpu_model": "?"}) == "unknown"
 
 
 def test_module_without_arch_is_measured_in_child_as_itself():

@@ -212,13 +212,14 @@ def model_form(model: nn.Module) -> str:
 
 
 def save_artifact(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, Any] | None = None,
-                  backend: str | None = None, reduce_range: bool = True,
+                  backend: str | None = None, reduce_range: bool | None = None,
                   input_shape: tuple[int, ...] = (3, 32, 32)) -> Path:
     """Save `model` so that a latency child can load it; return the path actually written.
 
     * With `arch` (``{"name", "num_classes", "width"}`` of ``pqd_lib.models``), or a model carrying
       ``pqd_arch``: a pqd deploy file (``pqd_lib.deploy.save_deploy``), FP32 or INT8. For INT8,
-      `backend`/`reduce_range` are those it was quantized with (default: the current engine, 0..127).
+      `backend`/`reduce_range` are those it was quantized with (default: what
+      ``stages.quantize.convert`` recorded on the model; the deploy file stores them).
     * FP32 without an architecture name: a ``torch.export`` program; the suffix becomes ``.pt2``.
       It loads anywhere without pickled code, but it is *not* the same program as the eager module:
       measured 15-60 % slower than eager for ResNet-18 CIFAR (decomposed aten graph), so
@@ -234,7 +235,7 @@ def save_artifact(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, 
         from .. import deploy
 
         return deploy.save_deploy(model, path, arch=dict(arch), form="int8" if int8 else "fp32",
-                                  backend=backend or torch.backends.quantized.engine, reduce_range=reduce_range,
+                                  backend=backend, reduce_range=reduce_range,
                                   input_shape=(1, *input_shape))
     if int8:
         raise ValueError("save_artifact: an INT8 model is rebuilt from its architecture in the child; pass "

@@ -15,21 +15,43 @@ whose convolutions and linear layer run quantized x86 kernels (``quantized::conv
 
 The quantization scheme (:func:`qconfig_mapping`): weights INT8 (``qint8``, -128..127),
 per-output-channel symmetric (zero point 0, so a pruned 0 stays the integer 0); activations
-``quint8`` per-tensor affine over the full 0..255. That is the spec, and it differs from
-``get_default_qat_qconfig_mapping("x86")`` in two places, both deliberate:
+``quint8`` per-tensor affine over 0..127 by default (``reduce_range``, torch's own x86 default), over
+the paper's full 0..255 as an explicit opt-in (``cfg.quantize.reduce_range=False``) for deploy
+targets with AVX-512 VNNI. Why, by measurement:
 
-* torch's x86 default reduces activations to 0..127 (``reduce_range=True``) because fbgemm's
-  u8 x s8 kernels can saturate 16-bit intermediate sums on x86 CPUs *without VNNI*. The kernels
-  still clamp to 0..255, so 7-bit QAT and its INT8 model disagree on large activations:
-  measured (ResNet-18 width 0.125, embedded CIFAR-10, 1 QAT epoch) logit SQNR INT8 vs fake-quant
-  30.5 dB / top-1 agreement 98.8 % with 0..127, 45.3 dB / 99.6 % with 0..255. We default to the full
-  range and warn when the CPU lacks VNNI; ``cfg.quantize.reduce_range=True`` restores 0..127.
-* its *fused* per-channel weight fake-quant stores the symmetric scale as max|w| / 127 while
-  ``convert_fx`` quantizes with the observer's max|w| / 127.5, so about one INT8 weight in five
-  lands one step away from what QAT trained (measured with 0..127 activations: SQNR 26 dB and
-  agreement 95.5 % fused, 30.5 dB and 98.8 % unfused). We use the unfused
-  ``FakeQuantize`` with the same observer (``MovingAveragePerChannelMinMaxObserver``), whose scale
-  is exactly the one ``convert_fx`` uses.
+* Without VNNI (AVX2, AVX-512 without VNNI) the u8 x s8 kernels of torch's x86 engine (fbgemm's,
+  ``vpmaddubsw``) add each pair of products in a *saturating 16-bit* register before widening to
+  32 bits; 2 x 255 x 127 = 64,770 overflows 32,767, 2 x 127 x 128 = 32,512 does not, so only 7-bit
+  activations are exact there. With AVX-512 VNNI (``vpdpbusd``, and oneDNN's kernels, which the x86
+  engine picks only on such CPUs) products go straight into 32-bit sums: both ranges are exact.
+  The mismatch of a full-range model on AVX2 is this saturation, not a rounding difference: one
+  quantized conv (uint8 inputs, int8 weights up to +-127) against exact integer arithmetic on AMD
+  EPYC AVX2 is off by up to 11 output steps (51 % of outputs by more than one) with 0..255 inputs,
+  and by 0 with 0..127 inputs or with weights within +-64 (``tests/test_stages.py`` keeps this
+  oracle per CPU).
+* INT8 vs its fake-quant twin, logit SQNR / top-1 agreement, 0..127 vs 0..255:
+  AMD EPYC, AVX2, no VNNI (``x86-avx2``, this project's CI machine) -- test setup (ResNet-18 width
+  0.125, embedded CIFAR-10, 1 QAT epoch) TEST_RR1 vs TEST_RR0; mini preset (width 0.25, CIFAR-10
+  JPEG mirror, Q alone, seed 0) MINI_RR1 vs MINI_RR0.
+  Zen 4, AVX-512 VNNI (``x86-avx512-vnni``, where the committed mini records were made) -- test
+  setup 30.5 dB / 98.8 % vs 45.3 dB / 99.6 %: the full range is the more faithful one *there*,
+  which is why it was the default; on AVX2 it is wrong.
+* The accuracy cost of 7-bit activations (mini preset, Q alone, CIFAR-10 test top-1 of the INT8
+  model): MINI_TOP1.
+* What is left of the 0..127 mismatch comes from activations above the frozen range: fake-quant
+  clamps them at 127, the INT8 kernels only at 255. CLAMP_NOTE
+
+So full range is refused where it would be wrong: stage Q and :func:`convert` raise
+:class:`ActivationRangeError` on a CPU without AVX-512 VNNI (one line naming the fix; ``convert``'s
+``allow_saturation=True`` overrides), deploy files record the range and ``load_deploy`` refuses
+the same way (:func:`pqd_lib.measure.hardware.has_int8_vnni` decides).
+
+The weights differ from ``get_default_qat_qconfig_mapping("x86")`` too, deliberately: its *fused*
+per-channel weight fake-quant stores the symmetric scale as max|w| / 127 while ``convert_fx``
+quantizes with the observer's max|w| / 127.5, so about one INT8 weight in five lands one step away
+from what QAT trained (measured with 0..127 activations on Zen 4: SQNR 26 dB and agreement 95.5 %
+fused, 30.5 dB and 98.8 % unfused). We use the unfused ``FakeQuantize`` with the same observer
+(``MovingAveragePerChannelMinMaxObserver``), whose scale is exactly the one ``convert_fx`` uses.
 
 The mapping's special cases (fixed-qparams ops, reshape, transposed convs) are kept.
 
@@ -66,11 +88,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..measure import hardware
 from . import StageContext
 
 __all__ = [
     "BackendError",
+    "ActivationRangeError",
     "check_backend",
+    "check_activation_range",
+    "activation_reduce_range",
+    "int8_settings",
     "qconfig_mapping",
     "example_inputs",
     "prepare_qat",
@@ -98,6 +125,16 @@ class BackendError(RuntimeError):
     """The requested quantized engine is not available in this torch build / on this machine."""
 
 
+class ActivationRangeError(BackendError):
+    """Full-range (0..255) activations on an x86 CPU whose INT8 kernels saturate them (no AVX-512 VNNI)."""
+
+
+# Engines whose x86 u8 x s8 kernels add product pairs in saturating 16-bit registers without VNNI.
+_SATURATING_ENGINES = ("x86", "fbgemm", "onednn")
+# Where convert records the range on the INT8 GraphModule: ``meta`` survives deepcopy and pickling.
+_META_KEY = "pqd_quantize"
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence torch.ao's deprecation chatter for the duration of one call (and nothing else)."""
@@ -119,27 +156,51 @@ def check_backend(backend: str) -> None:
                            f"available: {', '.join(engines) or 'none'}")
 
 
-def _use_backend(backend: str, reduce_range: bool | None = None) -> None:
+def _use_backend(backend: str) -> None:
     check_backend(backend)
     # Process-wide on purpose: INT8 weights are packed for, and must run on, this engine.
     torch.backends.quantized.engine = backend
-    if reduce_range is False and backend in ("x86", "fbgemm", "onednn") and not _has_vnni():
-        warnings.warn("quantize: full-range uint8 activations on an x86 CPU without VNNI: the INT8 kernels can "
-                      "saturate (pytorch/pytorch#103646); set quantize.reduce_range=true on this machine",
-                      RuntimeWarning, stacklevel=3)
 
 
-def _has_vnni() -> bool:
-    try:
-        caps = torch.cpu.get_capabilities()
-    except Exception:  # not an x86 build, or an older torch: nothing known, nothing to warn about
-        return True
-    if caps.get("architecture", "x86_64") not in ("x86_64", "x86", "AMD64"):
-        return True
-    return bool(caps.get("avx512_vnni") or caps.get("avx_vnni"))
+def check_activation_range(reduce_range: bool, backend: str = "x86", *, allow_saturation: bool = False,
+                           where: str = "quantize") -> None:
+    """Raise :class:`ActivationRangeError` (one line naming the fix) if an INT8 model with this activation
+    range would compute wrong sums with `backend`'s kernels on this CPU.
+
+    Full-range activations (``reduce_range=False``) are exact only where the x86 kernels have VNNI
+    (:func:`pqd_lib.measure.hardware.has_int8_vnni`); 0..127 activations are exact everywhere.
+    `allow_saturation` skips the check, for users who know the model never reaches the
+    saturating sums (or who convert here to deploy on a VNNI CPU). `where` starts the message.
+    """
+    if reduce_range or allow_saturation or backend not in _SATURATING_ENGINES or hardware.has_int8_vnni():
+        return
+    raise ActivationRangeError(
+        f"{where}: full-range uint8 activations (quantize.reduce_range=false) on a CPU without AVX-512 VNNI "
+        f"({hardware.capability_class()}): the {backend} INT8 kernels saturate 16-bit sums and give wrong outputs; "
+        "retrain with quantize.reduce_range=true, or run on a CPU with AVX-512 VNNI (allow_saturation=True overrides)")
 
 
-def qconfig_mapping(backend: str = "x86", *, reduce_range: bool = False) -> Any:
+def activation_reduce_range(model: nn.Module) -> bool | None:
+    """The activation range of a QAT-prepared `model`: True if every uint8 activation fake-quant stops at
+    127 (``reduce_range``), False if one uses 0..255, None if it has none (not QAT-prepared). FX or PT2E."""
+    if _is_pt2e(model):
+        maxima = [int(m.quant_max) for m in _pt2e()._fake_quants(model) if getattr(m, "dtype", None) == torch.uint8]
+        return None if not maxima else max(maxima) <= 127
+    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+    maxima = [int(m.quant_max) for m in model.modules()
+              if isinstance(m, FakeQuantizeBase) and getattr(m, "dtype", None) == torch.quint8]
+    return None if not maxima else max(maxima) <= 127
+
+
+def int8_settings(model: nn.Module) -> dict[str, Any] | None:
+    """``{"backend", "reduce_range"}`` that :func:`convert` recorded on an INT8 model; None if it has none."""
+    meta = getattr(model, "meta", None)
+    settings = meta.get(_META_KEY) if isinstance(meta, dict) else None
+    return dict(settings) if settings else None
+
+
+def qconfig_mapping(backend: str = "x86", *, reduce_range: bool = True) -> Any:
     """The QAT ``QConfigMapping``: per-channel symmetric qint8 weights, per-tensor affine quint8 activations.
 
     Starts from ``get_default_qat_qconfig_mapping(backend)`` (keeping its special cases) and
@@ -190,7 +251,7 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_qat(model: nn.Module, *, backend: str = "x86", reduce_range: bool = False,
+def prepare_qat(model: nn.Module, *, backend: str = "x86", reduce_range: bool = True,
                 example_inputs: tuple[torch.Tensor, ...] | None = None, engine: str = "fx") -> nn.Module:
     """QAT prepare of a copy of `model` (the input is left untouched); returns it in train mode.
 
@@ -205,7 +266,7 @@ def prepare_qat(model: nn.Module, *, backend: str = "x86", reduce_range: bool = 
         BackendError: `backend` is not among ``torch.backends.quantized.supported_engines``.
         ValueError: `model` is already fake-quantized or converted.
     """
-    _use_backend(backend, reduce_range)
+    _use_backend(backend)
     if is_fake_quant(model) or is_int8(model):
         raise ValueError("quantize: the model is already quantization-aware or INT8; Q runs at most once")
     if engine == "pt2e":
@@ -292,37 +353,53 @@ def calibrate(model: nn.Module, data: Any, *, batches: int = _CALIBRATION_BATCHE
     model.train(was_training)
 
 
-def convert(model: nn.Module, *, backend: str = "x86") -> nn.Module:
+def convert(model: nn.Module, *, backend: str = "x86", allow_saturation: bool = False) -> nn.Module:
     """The real INT8 model of a QAT-prepared `model` (``convert_fx`` on a CPU copy; `model` is untouched).
 
     BatchNorm is folded into the conv weights, weights are quantized with their observers' per-channel
     scales (zero point 0), and conv/linear/add run as ``quantized::`` x86 kernels. Returned in eval
-    mode, on the CPU, in contiguous memory format.
+    mode, on the CPU, in contiguous memory format, with its backend and activation range recorded
+    (:func:`int8_settings`; deploy files store them).
+
+    Raises:
+        ValueError: `model` is not QAT-prepared.
+        ActivationRangeError: full-range activations on a CPU without AVX-512 VNNI, where the INT8
+            kernels would give wrong outputs (:func:`check_activation_range`; `allow_saturation` overrides).
     """
     if _is_pt2e(model) and _pt2e().is_fake_quant(model):
-        return _pt2e().convert(model)
+        # PT2E: an INT8 graph for inductor's oneDNN kernels (x86), whose u8 x s8 arithmetic needs the same range.
+        reduce_range = bool(activation_reduce_range(model))
+        check_activation_range(reduce_range, "x86", allow_saturation=allow_saturation, where="quantize.convert")
+        int8 = _pt2e().convert(model)
+        int8.meta[_META_KEY] = {"backend": "x86", "reduce_range": reduce_range, "engine": "pt2e"}
+        return int8
     from torch.ao.quantization.quantize_fx import convert_fx
 
     _use_backend(backend)
     if not is_fake_quant(model):
         raise ValueError("quantize.convert: the model is not QAT-prepared (run prepare_qat / stage Q first)")
+    reduce_range = bool(activation_reduce_range(model))
+    check_activation_range(reduce_range, backend, allow_saturation=allow_saturation, where="quantize.convert")
     twin = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
     with _quiet():
-        return convert_fx(twin).eval()
+        int8 = convert_fx(twin).eval()
+    int8.meta[_META_KEY] = {"backend": backend, "reduce_range": reduce_range}
+    return int8
 
 
-def int8_skeleton(model: nn.Module, *, backend: str = "x86", reduce_range: bool = False,
-                  input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> nn.Module:
+def int8_skeleton(model: nn.Module, *, backend: str = "x86", reduce_range: bool = True,
+                  input_shape: tuple[int, ...] = (1, 3, 32, 32), allow_saturation: bool = False) -> nn.Module:
     """An INT8 module with the structure :func:`convert` gives for this architecture, to load a state dict into.
 
     Prepares and converts a freshly built FP32 `model` with the same qconfig; its quantized values are
     placeholders until ``load_state_dict`` (used by :func:`pqd_lib.deploy.load_deploy`).
+    `allow_saturation` as in :func:`convert`.
     """
     prepared = prepare_qat(model.cpu(), backend=backend, reduce_range=reduce_range,
                            example_inputs=(torch.zeros(*input_shape),))
     with torch.no_grad(), _quiet():
         prepared.eval()(torch.zeros(*input_shape))  # gives the observers a range: no inf scales
-    return convert(prepared, backend=backend)
+    return convert(prepared, backend=backend, allow_saturation=allow_saturation)
 
 
 def is_fake_quant(model: nn.Module) -> bool:
@@ -485,11 +562,15 @@ def quantize(model: nn.Module, cfg: Any, data: Any, ctx: StageContext) -> nn.Mod
 
     Raises:
         BackendError: ``cfg.quantize.backend`` is not a supported engine here (lists the available ones).
+        ActivationRangeError: ``cfg.quantize.reduce_range`` is false on a CPU without AVX-512 VNNI, whose
+            INT8 kernels would compute the deployed model wrongly (the message names the fix).
     """
     from .. import train
 
     qc = cfg.quantize
-    check_backend(qc.backend)  # before any work: fail in one line, nothing trained or written
+    # Before any work: fail in one line, nothing trained or written.
+    check_backend(qc.backend)
+    check_activation_range(qc.reduce_range, qc.backend)
     device = train.resolve_device(cfg.train.device)
     prepared = prepare_qat(model.to(device), backend=qc.backend, reduce_range=qc.reduce_range,
                            example_inputs=example_inputs(data, device), engine=qc.engine)
