@@ -197,9 +197,9 @@ def _int8_on_cuda(device: str) -> ValueError:
 # Artifacts
 # ---------------------------------------------------------------------------
 def _is_int8(model: nn.Module) -> bool:
-    from .proxies import _quantized_weight
+    from ..stages.quantize import is_int8  # the one home of INT8 knowledge (FX and PT2E models)
 
-    return any(_quantized_weight(m) is not None for m in model.modules())
+    return is_int8(model)
 
 
 def model_form(model: nn.Module) -> str:

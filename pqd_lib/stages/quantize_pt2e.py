@@ -195,10 +195,10 @@ def _set_mode(model: torch.fx.GraphModule, training: bool) -> torch.fx.GraphModu
 class SwitchableGraph(torch.fx.GraphModule):
     """An exported graph whose ``train()``/``eval()`` switch its BatchNorm and dropout nodes (:func:`_set_mode`).
 
-    PT2E replaces ``train``/``eval`` of a prepared graph by functions that raise; pqd's one training
-    loop calls them, so :func:`prepare_qat` and :func:`convert` give their graphs this class instead
-    (as a per-graph subclass: ``GraphModule`` keeps each graph's generated ``forward`` on its own class).
-    Being the class, not instance attributes, it survives ``copy.deepcopy``.
+    PT2E replaces ``train``/``eval`` of a prepared graph by instance functions that raise; pqd's one
+    training loop calls them, so :func:`prepare_qat` and :func:`convert` rebuild their graphs as this
+    class (``GraphModule(root, graph)``, the public constructor). Being the class, not instance
+    attributes, it survives ``copy.deepcopy`` (which keeps a graph's class, ``meta`` and state).
     """
 
     def train(self, mode: bool = True) -> SwitchableGraph:
@@ -210,13 +210,18 @@ class SwitchableGraph(torch.fx.GraphModule):
         return _set_mode(self, False)
 
 
-def _make_switchable(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Give an exported graph working ``train()``/``eval()`` (PT2E disables them; see :class:`SwitchableGraph`)."""
-    for attr in ("train", "eval"):  # PT2E's instance-level replacements that raise
-        model.__dict__.pop(attr, None)
-    if not isinstance(model, SwitchableGraph):
-        model.__class__ = type("SwitchableGraph", (SwitchableGraph, type(model)), {})
-    return model
+def _make_switchable(model: torch.fx.GraphModule) -> SwitchableGraph:
+    """`model` rebuilt as a :class:`SwitchableGraph` sharing its modules, parameters, buffers and ``meta``."""
+    if isinstance(model, SwitchableGraph):
+        return model
+    switchable = SwitchableGraph(model, model.graph)
+    for key, value in model.__dict__.items():
+        # Plain attributes the generated code reads (export's input/output specs); not PT2E's raising train/eval.
+        if key not in switchable.__dict__ and key not in ("train", "eval"):
+            switchable.__dict__[key] = value
+    switchable.meta.update(model.meta)
+    switchable.training = model.training
+    return switchable
 
 
 def prepare_qat(model: nn.Module, *, reduce_range: bool,
