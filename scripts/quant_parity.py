@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="activation range for both engines (true = 0..127)")
     parser.add_argument("--preset", default="mini")
     parser.add_argument("--label", default="loaded machine", help="how the latency ratio was measured")
+    parser.add_argument("--baseline-epochs", type=int, default=None,
+                        help="train the FP32 baseline this many epochs instead of the preset's (a quicker, "
+                             "weaker baseline; the parity is between engines from the same one)")
     args = parser.parse_args(argv)
 
     from pqd_lib import config as C, data as data_mod, pipeline, train
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"cpu_capabilities": caps, "torch": torch.__version__}), flush=True)
     rows = []
     for seed in args.seeds:
-        cfg = C.preset(args.preset, data={"source": "folder", "root": args.root}, seed=seed)
+        train_override = {} if args.baseline_epochs is None else {"train": {"epochs": args.baseline_epochs}}
+        cfg = C.preset(args.preset, data={"source": "folder", "root": args.root}, seed=seed, **train_override)
         data = data_mod.load(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_path)
         baseline, info = train.train_baseline(cfg, data, progress=False)
         for order in args.orders:

@@ -63,7 +63,7 @@ def pqd_run(embedded, tmp_path_factory):
 
 
 def _frozen(model):
-    fqs = Q2._fake_quants(model)
+    fqs = Q2.fake_quants(model)
     bn = [n for n in model.graph.nodes if str(n.target) in Q2._BATCH_NORM_OPS]
     model.train()
     bn_eval = all(n.args[5] is False for n in bn)
@@ -78,7 +78,7 @@ def test_prepared_model_is_an_exported_graph_with_the_fx_paths_scheme(pqd_run):
     (out, _, _) = pqd_run
     prepared = out["Q"]
     assert Q2.is_exported(prepared) and Q.is_fake_quant(prepared) and not Q.is_int8(prepared)
-    fqs = Q2._fake_quants(prepared)
+    fqs = Q2.fake_quants(prepared)
     weights = [m for m in fqs if m.qscheme == torch.per_channel_symmetric]
     acts = [m for m in fqs if m.qscheme == torch.per_tensor_affine]
     assert len(weights) == 21 and len(acts) >= 21  # 20 convs + fc of ResNet-18; every quantized activation

@@ -184,7 +184,7 @@ def activation_reduce_range(model: nn.Module) -> bool | None:
     """The activation range of a QAT-prepared `model`: True if every uint8 activation fake-quant stops at
     127 (``reduce_range``), False if one uses 0..255, None if it has none (not QAT-prepared). FX or PT2E."""
     if _is_pt2e(model):
-        maxima = [int(m.quant_max) for m in _pt2e()._fake_quants(model) if getattr(m, "dtype", None) == torch.uint8]
+        maxima = [int(m.quant_max) for m in _pt2e().fake_quants(model) if getattr(m, "dtype", None) == torch.uint8]
         return None if not maxima else max(maxima) <= 127
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
@@ -319,12 +319,11 @@ def observers_paused(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block no observer updates its range (restored afterwards): evaluation must not
     move quantization ranges with test images (a fake-quant observes in eval mode too)."""
     if _is_pt2e(model):
-        with _pt2e().observers_paused(model):
-            yield model
-        return
-    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+        fqs = _pt2e().fake_quants(model)
+    else:
+        from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
-    fqs = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+        fqs = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
     saved = [m.observer_enabled.clone() for m in fqs]
     for m in fqs:
         m.disable_observer()

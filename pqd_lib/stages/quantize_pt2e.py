@@ -38,9 +38,7 @@ containers from the graph's ``nn_module_stack`` metadata.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +59,7 @@ __all__ = [
     "enable_observers",
     "freeze_bn_stats",
     "update_bn_stats",
-    "observers_paused",
+    "fake_quants",
     "convert",
     "Int8Layer",
     "int8_layers",
@@ -250,7 +248,8 @@ def prepare_qat(model: nn.Module, *, reduce_range: bool,
     return _make_switchable(prepared).train()
 
 
-def _fake_quants(model: nn.Module) -> list[nn.Module]:
+def fake_quants(model: nn.Module) -> list[nn.Module]:
+    """The torchao fake-quant modules of a prepared graph (weights and activations)."""
     from torchao.quantization.pt2e import FakeQuantizeBase
 
     return [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
@@ -258,7 +257,7 @@ def _fake_quants(model: nn.Module) -> list[nn.Module]:
 
 def is_fake_quant(model: nn.Module) -> bool:
     """True for a PT2E QAT-prepared model (it contains torchao fake-quant modules)."""
-    return bool(_fake_quants(model))
+    return bool(fake_quants(model))
 
 
 def is_int8(model: nn.Module) -> bool:
@@ -325,21 +324,6 @@ def update_bn_stats(model: torch.fx.GraphModule) -> None:
     """Undo :func:`freeze_bn_stats`: in training BN uses and updates batch statistics again."""
     model.meta[_BN_FROZEN] = False
     _set_mode(model, model.training)
-
-
-@contextlib.contextmanager
-def observers_paused(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block no observer updates its range (restored afterwards): evaluation must not
-    move quantization ranges with test images (a fake-quant observes in eval mode too)."""
-    fqs = _fake_quants(model)
-    saved = [m.observer_enabled.clone() for m in fqs]
-    for m in fqs:
-        m.disable_observer()
-    try:
-        yield model
-    finally:
-        for m, s in zip(fqs, saved):
-            m.observer_enabled.copy_(s)
 
 
 def convert(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
