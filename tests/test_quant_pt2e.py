@@ -243,4 +243,7 @@ def test_the_int8_graph_exports_to_qdq_onnx_that_onnx_runtime_runs_like_the_refe
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     expected = int8(x)
     assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.9
-    assert torch.allclose(got, expected, atol=0.5)
+    # ONNX Runtime runs integer kernels that round differently from the FP32-arithmetic reference:
+    # close, not equal (a wrong scale or a missing QDQ pair gives single-digit dB).
+    sqnr = 10 * torch.log10((expected ** 2).sum() / ((expected - got) ** 2).sum())
+    assert sqnr >= 20.0
