@@ -35,10 +35,12 @@ import torch
 from torch import nn
 
 from . import train
+from ._atomic import atomic_path
 from .stages import prune as prune_stage
 from .stages import quantize as quantize_stage
 
-__all__ = ["FORMAT", "DeployError", "save_deploy", "load_deploy", "read_deploy_info", "check_range"]
+__all__ = ["FORMAT", "DeployError", "save_deploy", "load_deploy", "read_deploy_info", "check_range",
+           "ArtifactError", "model_form", "save_artifact", "load_artifact", "artifact_form"]
 
 #: Format tag inside every deploy file; bumped if the layout changes.
 FORMAT = "pqd-deploy/1"
@@ -234,3 +236,154 @@ def _first_mismatch(expected: dict[str, Any], got: dict[str, Any]) -> str | None
         if expected[k] != got[k]:
             return f"{k}: shape {got[k]} in the file, {expected[k]} in the model"
     return None
+
+
+# ---------------------------------------------------------------------------
+# Latency artifacts: what a latency child process loads (moved from measure/latency.py)
+# ---------------------------------------------------------------------------
+#: An FP32 model with at least this fraction of exactly-zero conv/linear weights is "fp32-sparse"
+#: (freshly initialised weights have none; any pruning gives far more).
+SPARSE_FORM_THRESHOLD = 0.01
+
+
+class ArtifactError(ValueError):
+    """A model artifact is missing, unreadable or of an unknown kind; the message names the path."""
+
+
+def _is_int8(model: nn.Module) -> bool:
+    return quantize_stage.is_int8(model)  # the one home of INT8 knowledge (FX and PT2E models)
+
+
+def model_form(model: nn.Module) -> str:
+    """``"int8"`` (quantized conv/linear weights), ``"fp32-sparse"`` (>= 1 % exact-zero weights) or ``"fp32"``."""
+    from .measure.proxies import weight_sparsity
+
+    if _is_int8(model):
+        return "int8"
+    return "fp32-sparse" if weight_sparsity(model) >= SPARSE_FORM_THRESHOLD else "fp32"
+
+
+def save_artifact(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, Any] | None = None,
+                  backend: str | None = None, reduce_range: bool | None = None,
+                  input_shape: tuple[int, ...] = (3, 32, 32)) -> Path:
+    """Save `model` so that a latency child can load it; return the path actually written.
+
+    * With `arch` (``{"name", "num_classes", "width"}`` of ``pqd_lib.models``), or a model carrying
+      ``pqd_arch``: a pqd deploy file (``pqd_lib.deploy.save_deploy``), FP32 or INT8. For INT8,
+      `backend`/`reduce_range` are those it was quantized with (default: what
+      ``stages.quantize.convert`` recorded on the model; the deploy file stores them).
+    * FP32 without an architecture name: a ``torch.export`` program; the suffix becomes ``.pt2``.
+      It loads anywhere without pickled code, but it is *not* the same program as the eager module:
+      measured 15-60 % slower than eager for ResNet-18 CIFAR (decomposed aten graph), so
+      :func:`measure_latency` does not use it for the modules it is given (see there).
+
+    Raises:
+        ValueError: an INT8 model without `arch` (it can only be rebuilt from its architecture).
+    """
+    path = Path(path)
+    arch = arch or getattr(model, "pqd_arch", None)
+    int8 = _is_int8(model)
+    if arch is not None:
+        return save_deploy(model, path, arch=dict(arch), form="int8" if int8 else "fp32",
+                           backend=backend, reduce_range=reduce_range,
+                           input_shape=(1, *input_shape))
+    if int8:
+        raise ValueError("save_artifact: an INT8 model is rebuilt from its architecture in the child; pass "
+                         "arch={'name', 'num_classes', 'width'} (torch.export cannot save FX-converted INT8 models)")
+    path = path.with_suffix(".pt2")
+    model = model.cpu().eval()
+    with torch.no_grad():
+        # Batch 2 in the example: with 1 the exporter specialises the batch axis to a constant.
+        program = torch.export.export(model, (torch.zeros(2, *input_shape),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    with atomic_path(path, keep_suffix=True) as tmp:  # torch.export wants the .pt2 suffix
+        torch.export.save(program, str(tmp))
+    return path
+
+
+#: Suffix of the whole-module pickle that measure_latency writes for its own child process only.
+PICKLE_SUFFIX = ".module.pt"
+
+
+def artifact_kind(path: Path) -> str:
+    """``"pickle"``, ``"onnx"``, ``"export"`` (``.pt2``) or ``"deploy"``, from the file name."""
+    if path.name.endswith(PICKLE_SUFFIX):
+        return "pickle"
+    return {".onnx": "onnx", ".pt2": "export"}.get(path.suffix.lower(), "deploy")
+
+
+def save_pickled_module(model: nn.Module, path: Path) -> Path:
+    """The whole module, code references included (``torch.save(model)``), for this run's child only.
+
+    The faithful artifact for a module that cannot be rebuilt from a registry name: the child runs
+    the very same eager module. Written into a private temporary directory and loaded only by a child
+    told so (``--trusted-pickle``); user-supplied files are never unpickled.
+    """
+    torch.save(model.cpu().eval(), path)
+    return path
+
+
+def artifact_form(path: str | os.PathLike) -> str:
+    """The form of a saved artifact without building the model (reads metadata / the state dict).
+
+    Raises:
+        ArtifactError: missing or unreadable file (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: model file not found")
+    kind = artifact_kind(path)
+    if kind == "onnx":
+        from .measure.onnx_runtime import OnnxError, onnx_form
+
+        try:
+            return onnx_form(path)
+        except OnnxError as exc:
+            raise ArtifactError(str(exc)) from None
+    if kind in ("export", "pickle"):
+        # A path reaching here comes from the caller: a whole-module pickle is refused (it would
+        # run code); only measure_latency's own temporary pickles are loaded, in its child process.
+        return model_form(load_artifact(path))
+    try:
+        info = read_deploy_info(path)
+    except DeployError as exc:
+        raise ArtifactError(str(exc)) from None
+    return info["form"]
+
+
+def load_artifact(path: str | os.PathLike, *, trusted: bool = False) -> nn.Module:
+    """Load a torch artifact written by :func:`save_artifact` (CPU, eval mode); no pickled code runs.
+
+    `trusted` allows the whole-module pickle (``*.module.pt``) that :func:`measure_latency` writes
+    for its own child process; never set it for files from elsewhere.
+
+    Raises:
+        ArtifactError: missing file, corrupt file, an untrusted pickle, or an ONNX file (run by ONNX
+            Runtime, not torch); the message names the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: model file not found")
+    kind = artifact_kind(path)
+    if kind == "onnx":
+        raise ArtifactError(f"{path}: an ONNX model runs with runtime='onnxruntime', not in torch")
+    if kind == "pickle":
+        if not trusted:
+            raise ArtifactError(f"{path}: a pickled module runs code when loaded; only measure_latency's own "
+                                "temporary files are loaded this way")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False).eval()
+        except Exception as exc:
+            raise ArtifactError(f"{path}: could not load the pickled module ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if kind == "export":
+        try:
+            # Exported in eval mode; the unlifted module refuses .eval()/.train() calls.
+            return torch.export.load(str(path)).module()
+        except Exception as exc:
+            raise ArtifactError(f"{path}: not a readable torch.export program ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    try:
+        return load_deploy(path)
+    except DeployError as exc:
+        raise ArtifactError(str(exc)) from None

@@ -21,14 +21,22 @@ position, epochs, test top-1 after the stage, achieved sparsity, wall time. The 
 the deploy form's accuracy (evaluated on the CPU) and, for INT8, its agreement with and SQNR
 against the fake-quant twin.
 
-Resuming: a killed pipeline restarts from its input (the FP32 baseline is cached by
-``train.train_baseline``, so only the stages rerun); per-stage checkpoints are not written.
+Resuming: every finished stage is cached under ``<cache>/stages/`` by a key of everything it
+depends on (the config hash with the order cut to the stages run so far, their epochs, the starting
+model's and the teacher's weights, the data, the device): its weights, the global RNG state after it
+and its record fields. A killed run restarts, rebuilds the finished stages from the cache (the
+stage's structural work -- masks, QAT prepare, hooks -- without training, then the cached
+weights) and trains from the first unfinished one; orders that share a prefix (P → Q → D and
+P → Q) share those stages too. The FP32 baseline is cached by ``train.train_baseline``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +46,9 @@ from torch import nn
 from . import config as config_mod
 from . import data as data_mod
 from . import train
+from ._atomic import atomic_write_text
 from .config import RunConfig
+from .measure.accuracy import accuracy
 from .stages import StageContext
 from .stages import distill as distill_stage
 from .stages import prune as prune_stage
@@ -111,13 +121,63 @@ def _after_q(cfg: RunConfig) -> RunConfig:
     return config_mod.with_section(cfg, "distill", lr=min(cfg.distill.lr, lr))
 
 
+def _weights_digest(model: nn.Module | None) -> str:
+    """The identity of a model's values (every state-dict tensor's bytes), for stage-cache keys."""
+    h = hashlib.sha256()
+    if model is not None:
+        for name, t in model.state_dict().items():
+            if isinstance(t, torch.Tensor):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _split_digest(data: data_mod.DataSplits) -> str:
+    """The identity of the images a stage is evaluated on (test, or validation in its slots)."""
+    h = hashlib.sha256(data.y_test.cpu().numpy().tobytes())
+    h.update(data.x_test[:: max(1, len(data.x_test) // 64)].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _stage_path(cfg: RunConfig, order: str, position: int, epochs: list[int], start: str, teacher: str,
+                data: data_mod.DataSplits, device: torch.device) -> Path:
+    """Where stage `position` of `order` is cached: a hash of everything its result depends on."""
+    prefix = order[:position + 1]
+    key = json.dumps({"config": config_mod.config_hash(config_mod.with_section(cfg, "pipeline", order=prefix),
+                                                       length=16),
+                      "epochs": epochs[:position + 1], "start": start, "teacher": teacher if "D" in prefix else "",
+                      "data": train.data_fingerprint(data), "evaluated_on": _split_digest(data),
+                      "device": device.type}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cfg.cache_path / "stages" / f"{cfg.model.name}-s{cfg.seed}-{prefix}-{digest}.pt"
+
+
+def _save_stage(path: Path, model: nn.Module, fields: dict[str, Any]) -> None:
+    """Weights + RNG state (a torch file that loads with weights_only) and the record fields (JSON), atomically.
+
+    The JSON is written last: a stage counts as cached only when both files exist.
+    """
+    train.atomic_save({"state_dict": model.state_dict(), "rng": torch.get_rng_state()}, path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(fields, default=str))
+
+
+def _load_stage(path: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The cached (payload, record fields) of a finished stage, or None when not (fully) cached."""
+    meta = path.with_suffix(".json")
+    if not (path.is_file() and meta.is_file()):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True), json.loads(meta.read_text())
+
+
 def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, order: str | None = None,
                teacher: nn.Module | None = None, progress: bool | None = None,
-               extra_record: dict[str, Any] | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+               extra_record: dict[str, Any] | None = None,
+               cache: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Run the stages of `order` (default ``cfg.pipeline.order``) on a copy of `model`; return (deploy model, records).
 
     `model` is the trained starting point (not changed); `teacher` is required when D is in the order
     (the frozen FP32 baseline, Zhou & Shen 2026). `extra_record` fields are added to every record.
+    `cache`: reuse and write the stage cache (module text); False computes every stage afresh.
 
     Raises:
         ConfigError: a bad order (unknown or repeated letter, empty).
@@ -145,25 +205,41 @@ def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, o
     eval_kw = dict(batch_size=cfg.train.eval_batch_size, channels_last=cfg.train.channels_last)
     start_top1 = train.evaluate(model, data, **eval_kw)["top1"]
     base = {"order": order, "allocation": cfg.pipeline.allocation, "seed": cfg.seed,
-            "run_id": config_mod.run_id(cfg, order), "start_top1": start_top1, **(extra_record or {})}
+            "run_id": config_mod.run_id(cfg, order), "start_top1": start_top1,
+            # Which images top1 is measured on; train.holdout_validation's split overrides it.
+            "eval_split": "test", **(extra_record or {})}
     records: list[dict[str, Any]] = []
+    start_digest, teacher_digest = _weights_digest(model), _weights_digest(teacher)
     for position, (letter, stage_epochs) in enumerate(zip(order, epochs)):
         ctx.position, ctx.epochs, ctx.history, ctx.extra = position, stage_epochs, [], {}
         start = time.perf_counter()
         stage_cfg = _after_q(cfg) if ctx.fake_quant and cfg.pipeline.qat_lr_after_q else cfg
+        path = _stage_path(cfg, order, position, epochs, start_digest, teacher_digest, data, device)
+        cached = _load_stage(path) if cache else None
+        ctx.replay = cached is not None
         model = STAGES[letter](model, stage_cfg, data, ctx)
+        ctx.replay = False
+        if cached is not None:
+            payload, fields = cached
+            model.load_state_dict(payload["state_dict"])
+            torch.set_rng_state(payload["rng"])
+            records.append({**base, **fields, "cached_stage": True})
+            continue
         wall = time.perf_counter() - start
         ctx.extra.setdefault("lr", {"P": stage_cfg.prune.lr, "Q": stage_cfg.quantize.lr,
                                     "D": stage_cfg.distill.lr}[letter])
         with ctx.evaluation(model):
             test = train.evaluate(model, data, **eval_kw)
         sparsity = prune_stage.sparsity_of(_weights(model), _target_names(model, cfg))
-        records.append({**base, "stage": letter, "stage_name": STAGES[letter].__name__, "position": position + 1,
-                        "epochs": stage_epochs, "top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"],
-                        "sparsity": sparsity["sparsity"], "overall_sparsity": sparsity["overall_sparsity"],
-                        "masked_layers": len(prune_stage.masks(model)),
-                        "form": "fake_quant" if ctx.fake_quant else "fp32", "wall_s": wall,
-                        "history": list(ctx.history), "details": dict(ctx.extra)})
+        fields = {"stage": letter, "stage_name": STAGES[letter].__name__, "position": position + 1,
+                  "epochs": stage_epochs, "top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"],
+                  "sparsity": sparsity["sparsity"], "overall_sparsity": sparsity["overall_sparsity"],
+                  "masked_layers": len(prune_stage.masks(model)),
+                  "form": "fake_quant" if ctx.fake_quant else "fp32", "wall_s": wall,
+                  "history": list(ctx.history), "details": dict(ctx.extra)}
+        if cache:
+            _save_stage(path, model, fields)
+        records.append({**base, **fields, "cached_stage": False})
     names = _target_names(model, cfg)
     start = time.perf_counter()
     deploy, form = deploy_form(model, backend=cfg.quantize.backend)
@@ -173,6 +249,10 @@ def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, o
     records[-1].update({"deploy_form": form, "deploy_top1": final["top1"], "deploy_top5": final["top5"],
                         "deploy_device": "cpu", "deploy_sparsity": sparsity["sparsity"],
                         "deploy_overall_sparsity": sparsity["overall_sparsity"], "convert_s": convert_s})
+    # Per-image hits of the deploy model (1,668 characters for 10,000 images): the per-image paired
+    # bootstrap between orders (pqd_lib.claims) needs them; one more CPU pass over the test set.
+    hits = accuracy(deploy, data, batch_size=cfg.train.eval_batch_size)
+    records[-1].update({"correct_bits": hits["correct_bits"], "n": hits["n"]})
     if form == "int8":
         fid = quantize_stage.fidelity(model, deploy, data, batch_size=cfg.train.eval_batch_size)
         records[-1].update({"fake_quant_top1": fid["fake_quant_top1"], "int8_agreement": fid["agreement"],

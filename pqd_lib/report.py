@@ -30,6 +30,7 @@ __all__ = [
     "sparsity_tradeoff",
     "stage_trajectory",
     "order_ablation",
+    "order_forest",
     "latency_bars",
     "sparsity_sweep",
     "proxy_vs_latency",
@@ -46,7 +47,7 @@ __all__ = [
 DPI = 72
 
 
-def _figure(ncols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Figure, list]:
+def _figure(ncols: int = 1, figsize: tuple[float, float] = (6, 4), nrows: int = 1) -> tuple[Figure, list]:
     import matplotlib.pyplot as plt
 
     # Made through pyplot so that Jupyter's inline backend is loaded and displays the returned figure,
@@ -54,7 +55,7 @@ def _figure(ncols: int = 1, figsize: tuple[float, float] = (6, 4)) -> tuple[Figu
     fig = plt.figure(figsize=figsize, dpi=DPI, layout="constrained")
     plt.close(fig)
     with sns.axes_style("whitegrid"):
-        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+        axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
     return fig, axes
 
 
@@ -230,34 +231,83 @@ def pareto_front(df: pd.DataFrame, cost: str, value: str = "top1") -> pd.DataFra
     return ordered.loc[keep]
 
 
-def frontier(points: pd.DataFrame, title: str = "") -> Figure:
-    """Top-1 against latency (left) and size (right): one point per method, mean ± std over seeds.
+def order_forest(diffs: pd.DataFrame, margin: float, title: str = "") -> Figure:
+    """The order ablation as paired differences against P → Q → D: a forest plot.
+
+    `diffs`: :func:`pqd_lib.claims.order_differences` (``order``, ``mean_diff``, ``ci_low``, ``ci_high``,
+    ``outcome``, ``seed_diffs``). Each row: the mean of P → Q → D minus that order over seeds, its 90 %
+    interval, and the per-seed differences as small dots; the shaded band is the equivalence margin
+    ±`margin` pp (an interval inside it is a tie). Right of zero: P → Q → D is more accurate.
+    """
+    if diffs.empty:
+        return _empty("no order-ablation records")
+    fig, (ax,) = _figure(figsize=(6, 0.5 * len(diffs) + 1.6))
+    ax.axvspan(-margin, margin, color="tab:green", alpha=0.12, label=f"equivalence margin ±{margin:g} pp")
+    ax.axvline(0, color="grey", linewidth=1)
+    colors = {"greater": "tab:blue", "less": "tab:red", "equivalent": "tab:green", "unresolved": "black"}
+    for y, row in enumerate(diffs.itertuples()):
+        color = colors.get(row.outcome, "black")
+        if np.isfinite(row.ci_low):
+            ax.plot([row.ci_low, row.ci_high], [y, y], color=color, linewidth=2)
+        ax.plot(row.mean_diff, y, "D", color=color)
+        ax.plot(row.seed_diffs, [y + 0.18] * len(row.seed_diffs), ".", color=color, alpha=0.5, markersize=5)
+        ax.annotate(row.outcome, (1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize="x-small", color=color)
+    ax.set_yticks(range(len(diffs)), [f"P → Q → D − {o}" for o in diffs["order"]])
+    ax.invert_yaxis()
+    ax.set(xlabel="top-1 difference (pp): mean, 90 % CI, seeds (dots)", title=title)
+    ax.title.set_fontsize("small")
+    ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.16 * 6 / (len(diffs) + 3)), frameon=False)
+    return fig
+
+
+def frontier(points: pd.DataFrame, title: str = "", sizes: Mapping[str, str] | None = None) -> Figure:
+    """Top-1 against latency and against each stored size: per-seed points and the mean ± std per method.
 
     `points`: one row per method and seed (:func:`pqd_lib.claims.methods`: ``method``, ``group``,
-    ``top1``, ``latency_ms_p50``, ``size_bytes``). The dashed line joins the Pareto frontier of
+    ``top1``, ``latency_ms_p50`` and size columns). `sizes`: size column -> axis label, one panel
+    each (default: ``size_bytes``, "dense as saved"). The solid line joins the Pareto frontier of
     the means in each panel (nothing else is both cheaper and more accurate).
     """
     if points.empty:
         return _empty()
-    fig, axes = _figure(2, figsize=(9, 4))
-    stats = points.assign(size_MiB=points["size_bytes"] / 2**20).groupby(["group", "method"], sort=False).agg(
-        top1=("top1", "mean"), top1_sd=("top1", "std"), latency=("latency_ms_p50", "mean"),
-        latency_sd=("latency_ms_p50", "std"), size=("size_MiB", "mean"), size_sd=("size_MiB", "std"),
-        n=("top1", "count")).reset_index()
+    sizes = dict(sizes or {"size_bytes": "dense as saved"})
+    sizes = {c: label for c, label in sizes.items() if c in points and points[c].notna().any()}
+    panels_n = 1 + len(sizes)
+    ncols = 2 if panels_n > 2 else panels_n
+    nrows = -(-panels_n // ncols)
+    fig, axes = _figure(ncols, figsize=(4.5 * ncols + 2.5, 3.6 * nrows + 0.6), nrows=nrows)
+    for spare in axes[panels_n:]:
+        spare.set_visible(False)
+    axes = axes[:panels_n]
+    aggregations = {"top1": ("top1", "mean"), "top1_sd": ("top1", "std"), "latency": ("latency_ms_p50", "mean"),
+                    "latency_sd": ("latency_ms_p50", "std"), "n": ("top1", "count")}
+    scaled = points.copy()
+    for i, column in enumerate(sizes):
+        scaled[f"size{i}"] = scaled[column] / 2**20
+        aggregations[f"size{i}"] = (f"size{i}", "mean")
+        aggregations[f"size{i}_sd"] = (f"size{i}", "std")
+    stats = scaled.groupby(["group", "method"], sort=False).agg(**aggregations).reset_index()
     markers = {"baseline": "s", "single stage": "^", "order": "o"}
     palette = dict(zip(stats["method"], sns.color_palette("tab10", len(stats))))
-    for ax, cost, label in ((axes[0], "latency", "latency p50 (ms)"), (axes[1], "size", "size as saved (MiB)")):
+    panels = [("latency", "latency_ms_p50", "latency p50 (ms)")]
+    panels += [(f"size{i}", f"size{i}", f"size (MiB): {label}") for i, label in enumerate(sizes.values())]
+    for ax, (cost, raw, label) in zip(axes, panels):
         for _, row in stats.iterrows():
+            seeds = scaled[scaled["method"].eq(row["method"])]
+            ax.scatter(seeds[raw], seeds["top1"], s=10, alpha=0.35, color=palette[row["method"]], linewidths=0)
             ax.errorbar(row[cost], row["top1"], xerr=np.nan_to_num(row[f"{cost}_sd"]),
                         yerr=np.nan_to_num(row["top1_sd"]), fmt=markers.get(row["group"], "o"), capsize=3,
                         color=palette[row["method"]], label=f"{row['method']} (n={row['n']})")
         front = pareto_front(stats, cost)
-        ax.plot(front[cost], front["top1"], linestyle="--", color="grey", linewidth=1, zorder=0,
-                label="Pareto frontier")
+        # Drawn above the error bars, with open circles on its points, so a short frontier stays visible.
+        ax.step(front[cost], front["top1"], where="post", color="black", linewidth=1.5, zorder=5,
+                marker="o", markersize=11, markerfacecolor="none", label="Pareto frontier (means)")
         ax.set(xlabel=label, ylabel="test top-1 (%)")
+        ax.xaxis.label.set_fontsize("small")
     handles, labels = axes[0].get_legend_handles_labels()
-    axes[1].legend(handles, labels, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(title, fontsize="medium")
+    axes[ncols - 1].legend(handles, labels, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title, fontsize="small")
     return fig
 
 
@@ -336,18 +386,28 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
                              metrics={"top1": "top-1 (%)", "size_MiB": "size (MiB)",
                                       "latency_ms_p50": "latency p50 (ms)"})
     written += _save_table(summary_table, tables, "methods")
-    written.append(_save_figure(frontier(points, title=f"{what}, width {width}: accuracy vs latency ({at}) and size\n"
-                                                       "mean ± std over seeds"), figures, "frontier"))
+    stored = "size_stored_bytes" if points["size_stored_bytes"].notna().any() else "size_sparse_bytes"
+    written.append(_save_figure(frontier(
+        points, title=f"{what}, width {width}: top-1 vs latency ({at}) and stored size\n"
+                      "dots: seeds; markers: mean ± std; line: Pareto frontier",
+        sizes={"size_bytes": "dense as saved", "size_gzip_bytes": "gzip of dense",
+               stored: ("sparse encoding (per-layer min)" if stored == "size_stored_bytes"
+                        else "sparse encoding (bitmask)")}), figures, "frontier"))
 
     deploy = df[df["kind"].eq("deploy")]
     ablation = mean_std(deploy, by=["allocation", "order", "epochs"] if "epochs" in deploy else ["allocation", "order"],
                         metrics={"top1": "deploy top-1 (%)", "fake_quant_top1": "fake-quant top-1 (%)",
                                  "int8_agreement": "INT8 agreement (%)"})
     written += _save_table(ablation, tables, "order_ablation")
-    baseline = points.loc[points["method"].eq("FP32 baseline"), "top1"].mean() if len(points) else None
-    written.append(_save_figure(order_ablation(deploy, baseline=None if pd.isna(baseline) else baseline,
-                                               title=f"{what}, width {width}: deploy top-1 by order; "
-                                                     "bars mean, whiskers std over seeds"), figures, "order_ablation"))
+    for lr_cap, suffix in ((True, ""), (False, "_position_independent")):
+        diffs = claims.order_differences(df, lr_cap)
+        if diffs.empty and not lr_cap:
+            continue  # the position-independent variant is drawn only where it was run
+        written += _save_table(diffs.drop(columns="seed_diffs"), tables, f"order_differences{suffix}")
+        written.append(_save_figure(order_forest(
+            diffs, claims.ACCURACY_MARGIN_PP,
+            title=f"{what}, width {width}\nP → Q → D minus each order (by stage; {claims.LR_SETTINGS[lr_cap]})"),
+            figures, f"order_ablation{suffix}"))
 
     latency = df[df["kind"].eq("latency")].copy()
     forms = latency[~latency["model"].astype(str).str.contains("sparse") & ~latency["runtime"].eq("torch-sparse-csr")]
@@ -379,6 +439,8 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
     written += _save_table(paper, tables, "paper_vs_ours")
     verdicts = claims.verdicts(df)
     written += _save_table(verdicts, tables, "verdicts")
+    plan = claims.seeds_plan(df)
+    written += _save_table(plan, tables, "seeds_needed")
     origin = provenance(df)
     written += _save_table(origin, tables, "provenance")
 
@@ -387,10 +449,13 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
         f"# Summary: {what or 'every record'}",
         "",
         "Generated by `pqd report` from the records in the results store; do not edit by hand.",
-        f"{len(df)} records. Verdicts: paired one-sided t-tests over seeds at alpha {claims.ALPHA} "
-        "(see `pqd_lib/claims.py`).",
+        f"{len(df)} records. Verdicts: paired tests over seeds at alpha {claims.ALPHA}: direction (one-sided t), "
+        f"equivalence (TOST, ±{claims.ACCURACY_MARGIN_PP:g} pp top-1, ±{claims.RELATIVE_MARGIN:.0%} size and "
+        "latency), Holm-corrected where any of several comparisons can decide (see `pqd_lib/stats.py`).",
         "",
         "## Verdicts on the paper's claims", "", markdown_table(verdicts),
+        "## Seeds each accuracy comparison needs (80 % power, planned from the seeds so far)", "",
+        markdown_table(plan),
         "## Methods (mean ± std over seeds)", "", markdown_table(summary_table),
         "## The paper's numbers beside ours", "", markdown_table(paper),
         "## Where the records come from", "", markdown_table(origin),

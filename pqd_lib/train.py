@@ -17,6 +17,7 @@ the hash of what determines it (seed, data, model, baseline schedule).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -37,6 +38,10 @@ from ._atomic import atomic_path
 from .config import RunConfig
 
 __all__ = [
+    "data_fingerprint",
+    "VALIDATION_IMAGES",
+    "VALIDATION_SEED",
+    "holdout_validation",
     "CheckpointError",
     "LossFn",
     "resolve_device",
@@ -228,6 +233,32 @@ def evaluate(model: nn.Module, data: data_mod.DataSplits, *, split: str = "test"
     }
 
 
+#: Images held out of CIFAR's 50,000 training images for validation in the ``standard`` preset, and
+#: the seed of that split: fixed, so every run and seed shares one validation set.
+VALIDATION_IMAGES, VALIDATION_SEED = 5000, 0
+
+
+def holdout_validation(data: data_mod.DataSplits, images: int = VALIDATION_IMAGES,
+                       seed: int = VALIDATION_SEED) -> tuple[data_mod.DataSplits, dict[str, Any]]:
+    """Split `images` training images off as a validation set; the test set is left untouched.
+
+    Returns ``(for_fitting, split)``: ``for_fitting`` trains on the remaining images and holds the
+    validation images in its *test* slots, so :func:`fit` and :func:`evaluate` (which evaluate on
+    ``x_test``) choose and report on validation, never on test; ``split`` goes into each record
+    (``eval_split``, ``validation_images``, ``validation_seed``, ``validation_first_indices``).
+    The permutation comes from a seeded ``torch.Generator``, the same on every machine.
+    """
+    n = len(data.y_train)
+    if not 0 < images < n:
+        raise ValueError(f"holdout_validation: images must be in 1..{n - 1} (of {n} training images), got {images}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, keep = order[:images].sort().values, order[images:].sort().values
+    fitting = dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep],
+                                  x_test=data.x_train[val], y_test=data.y_train[val])
+    return fitting, {"eval_split": "validation", "validation_images": images, "validation_seed": seed,
+                     "validation_first_indices": [int(i) for i in val[:5]]}
+
+
 # ---------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------
@@ -355,7 +386,7 @@ def fit(model: nn.Module, data: data_mod.DataSplits, cfg: RunConfig, *, epochs: 
     return history
 
 
-def _data_fingerprint(data: data_mod.DataSplits) -> str:
+def data_fingerprint(data: data_mod.DataSplits) -> str:
     """Cheap identity of a dataset: its source, sizes and labels (a user's own tensors included)."""
     h = hashlib.sha256()
     h.update(f"{data.source}|{tuple(data.x_train.shape)}|{tuple(data.x_test.shape)}".encode())
@@ -381,7 +412,7 @@ def baseline_path(cfg: RunConfig, data: data_mod.DataSplits | None = None,
     """
     key = config_mod.config_hash(cfg, sections=("seed", "data", "model", "train"))
     if data is not None:
-        key = f"{key}-{_data_fingerprint(data)}"
+        key = f"{key}-{data_fingerprint(data)}"
     name = cfg.model.name
     if model is not None:
         name = type(model).__name__

@@ -39,3 +39,20 @@ def smoke_cfg(tmp_path):
     """The smoke preset on the embedded data, with results and checkpoints under tmp_path."""
     return C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path / "cache"),
                     results_dir=str(tmp_path / "results"))
+
+
+@pytest.fixture(scope="session")
+def trained_small(embedded, tmp_path_factory):
+    """(data, cfg, baseline): 256 + 128 embedded images, the smoke config with its own cache, and the
+    FP32 baseline trained on them once per session (for pipeline-level tests that need a trained start)."""
+    from pqd_lib import train
+
+    small = embedded.subset(train=256, test=128, seed=0)
+    cfg = C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path_factory.mktemp("trained-small")))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # session fixtures run before the per-test setting
+    try:
+        model, _ = train.train_baseline(cfg, small, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return small, cfg, model

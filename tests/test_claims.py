@@ -34,7 +34,7 @@ def _records(pqd_gain: float = 2.0, noise: float = 0.1, seeds=(0, 1, 2), int8_ms
             size_bytes=2_000_000, latency_ms_p50=2.0, config={**CONFIG, "prune": {"target_sparsity": 0.9}})
         add(seed=seed, notebook="03", kind="measured", model="Q", form="int8", top1=78 + jitter(),
             size_bytes=600_000, latency_ms_p50=int8_ms + jitter() / 10)
-        add(seed=seed, notebook="04", kind="measured", model="D", form="fp32", top1=80.5 + jitter(),
+        add(seed=seed, notebook="04", kind="measured", model="D", form="fp32", top1=83.0 + jitter(),
             size_bytes=2_000_000, latency_ms_p50=2.0 + jitter() / 10)
         for order in claims.ORDERS:
             top1 = 78 + (pqd_gain if order == "PQD" else 0) + jitter()
@@ -89,12 +89,37 @@ def test_one_seed_is_never_a_verdict():
         assert _verdict(table, claim) == claims.UNRESOLVED
 
 
-def test_paired_comparison_decides_deterministic_differences_by_sign():
-    same = pd.Series([600.0, 600.0, 600.0])
-    c = claims.paired(same, same + 10)
-    assert c.outcome == "less" and c.n == 3 and c.std_diff == 0.0
-    assert claims.paired(same, same).outcome == "unresolved"
-    assert claims.paired(pd.Series([1.0]), pd.Series([0.0])).outcome == "unresolved"
+def test_equal_orders_on_quiet_seeds_are_equivalent_not_unresolved():
+    table = claims.verdicts(claims.select(_records(pqd_gain=0.0, noise=0.05)))
+    assert _verdict(table, "C3") == claims.equivalent("0.5 pp")
+
+
+def test_decide_uses_holm_for_does_not_hold_and_needs_every_comparison_to_hold():
+    from pqd_lib.stats import paired_test
+
+    better = paired_test([1.0, 1.1, 0.9], [0.0, 0.0, 0.0], 0.5)
+    slightly_worse = paired_test([0.0, 0.0, 0.0, 0.0], [0.30, 0.62, 0.18, 0.55], 0.5)  # one-sided p ~0.02
+    assert claims.decide({"a": better, "b": better}, "0.5 pp") == claims.HOLDS
+    assert 0.0125 < slightly_worse.p_less < 0.05
+    # One marginal opposite result among four comparisons is not significant once Holm-corrected ...
+    assert claims.decide({"a": better, "b": slightly_worse, "c": better, "d": better}, "0.5 pp") == claims.UNRESOLVED
+    # ... but alone it is.
+    assert claims.decide({"b": slightly_worse}, "0.5 pp") == claims.FAILS
+    assert claims.decide({}, "0.5 pp") == claims.UNRESOLVED
+
+
+def test_seeds_plan_lists_every_accuracy_comparison_with_the_seeds_it_needs():
+    plan = claims.seeds_plan(claims.select(_records(pqd_gain=0.3, noise=0.3)))
+    assert set(plan["claim"]) == {"C3", "C4"} and len(plan) == 6
+    assert plan["seeds"].eq(3).all()
+    assert plan["seeds_for_direction"].dropna().ge(2).all()
+
+
+def test_c5_is_judged_on_each_stated_storage_form():
+    table = claims.verdicts(claims.select(_records()))
+    statements = table.loc[table["claim"].eq("C5"), "statement"].tolist()
+    assert any("dense as saved" in s for s in statements)
+    assert not any("gzip" in s for s in statements)  # the synthetic records carry no gzip size
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -162,3 +187,22 @@ def test_pqd_report_command_regenerates_from_the_store(tmp_path, capsys):
     assert (tmp_path / "out" / "resnet18-cifar10-smoke" / "summary.md").is_file()  # cells never mix
     assert cli.main(["report", "--results-dir", str(store), "--out", str(tmp_path / "o2"), "--preset", "paper"]) == 1
     assert "no records" in capsys.readouterr().err
+
+
+def test_c3_is_decided_per_learning_rate_setting_and_the_ce_control_feeds_c4():
+    records = _records(pqd_gain=2.0)
+    free = records[records["kind"].eq("deploy")].copy()
+    free["config"] = [{**CONFIG, "pipeline": {"epochs": [1, 2, 2], "qat_lr_after_q": False}}] * len(free)
+    free["top1"] = free["top1"] - 2.0 * free["order"].eq("PQD")  # without the cap, no order wins
+    ce = records[records["kind"].eq("deploy") & records["order"].eq("PQD")
+                 & records["allocation"].eq("by_stage")].assign(control=claims.CE_CONTROL, stage="D")
+    pqd = records["kind"].eq("deploy")
+    records.loc[pqd, "deploy_top1"] = records.loc[pqd, "top1"]
+    ce = ce.assign(deploy_top1=ce["top1"] - 1.0)
+    table = claims.verdicts(claims.select(pd.concat([records, free, ce], ignore_index=True)))
+    assert _verdict(table, "C3", "capped") == claims.HOLDS
+    assert _verdict(table, "C3", "position-independent") != claims.HOLDS
+    assert _verdict(table, "C4", "after P → Q") == claims.HOLDS
+    # The control's records do not leak into the order ablation or the frontier.
+    points = claims.methods(claims.select(pd.concat([records, free, ce], ignore_index=True)))
+    assert points.groupby("method").size().eq(3).all()

@@ -93,6 +93,9 @@ def test_every_order_runs_and_ends_in_the_form_its_letters_imply(order, baseline
     assert final["deploy_form"] == ("int8" if "Q" in order else "fp32")
     assert 0 <= final["deploy_top1"] <= 100 and final["deploy_device"] == "cpu"
     assert ("int8_agreement" in final) == ("Q" in order)
+    from pqd_lib.stats import unpack_correct  # per-image hits agree with the deploy top-1
+
+    assert 100 * unpack_correct(final["correct_bits"], final["n"]).mean() == pytest.approx(final["deploy_top1"])
     # Masks and sparsity iff P ran (from P's stage on); the deploy form carries the zeros, not masks.
     p_at = order.find("P")
     for i, r in enumerate(records):

@@ -122,3 +122,22 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA; the error path is for machines without it")
     with pytest.raises(ValueError, match="no CUDA device"):
         train.resolve_device("cuda")
+
+
+def test_holdout_validation_is_fixed_disjoint_and_leaves_test_alone():
+    from pqd_lib import data as data_mod
+    from pqd_lib import train as T
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (100, 3, 4, 4), dtype=torch.uint8, generator=g)
+    y = torch.arange(100) % 10
+    splits = data_mod.DataSplits(x, y, x[:7], y[:7], tuple("abcdefghij"), "synthetic", (0.5,) * 3, (0.25,) * 3)
+    fitting, split = T.holdout_validation(splits, 20, seed=3)
+    again, _ = T.holdout_validation(splits, 20, seed=3)
+    assert len(fitting.y_train) == 80 and len(fitting.y_test) == 20 and split["eval_split"] == "validation"
+    assert torch.equal(fitting.x_test, again.x_test)  # the same split every time
+    # Every training image is in exactly one part (the pixels identify them here).
+    rows = {tuple(v.flatten().tolist()) for v in torch.cat([fitting.x_train, fitting.x_test])}
+    assert len(rows) == len({tuple(v.flatten().tolist()) for v in x})
+    with pytest.raises(ValueError, match="images must be"):
+        T.holdout_validation(splits, 100)

@@ -3,8 +3,9 @@
 Importing this package loads torch only; ONNX Runtime is imported when an ONNX function is called.
 The public names are re-exported lazily from their submodules:
 
-* :mod:`.latency` -- ``measure_latency``, ``measure_callable``, ``time_runs``, ``summarize``,
-  ``save_artifact``, ``load_artifact``, ``model_form``
+* :mod:`.latency` -- ``measure_latency`` (one model), ``measure_callable``, ``time_runs``, ``summarize``,
+  ``save_artifact``, ``load_artifact``, ``model_form`` (the last three defined in :mod:`pqd_lib.deploy`)
+* :mod:`.rounds` -- ``compare`` (the rounds protocol: any comparison of models), ``latency_phase``
 * :mod:`.size` -- ``model_sizes``, ``sparse_encoding_bytes``, ``entropy_bound_bytes``, ``mib``
 * :mod:`.proxies` -- ``count_params``, ``layer_macs``, ``weight_sparsity`` (and ``proxies``:
   import it from :mod:`pqd_lib.measure.proxies`, since ``pqd_lib.measure.proxies`` is the module)
@@ -27,6 +28,8 @@ _LAZY = {
     "load_artifact": "latency",
     "model_form": "latency",
     "ArtifactError": "latency",
+    "compare": "rounds",
+    "latency_phase": "rounds",
     "model_sizes": "size",
     "sparse_encoding_bytes": "size",
     "entropy_bound_bytes": "size",

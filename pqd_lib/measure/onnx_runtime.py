@@ -5,10 +5,18 @@ the same protocol as PyTorch (``runtime="onnxruntime"``):
 
 * FP32: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter; needs onnxscript).
 * ORT INT8 (post-training): ONNX Runtime's static quantization of that FP32 graph
-  (``onnxruntime.quantization.quantize_static``), QDQ format, per-channel symmetric INT8 weights,
-  per-tensor *unsigned* INT8 activations (U8S8: the fast path of ORT's x86 kernels; signed
-  activations measured 2.6x slower here), MinMax calibration on real, normalised training images
-  fed through a ``CalibrationDataReader``, after ORT's recommended ``quant_pre_process``.
+  (``onnxruntime.quantization.quantize_static``), QDQ format, per-channel INT8 weights, per-tensor
+  *unsigned* INT8 activations, MinMax calibration on real, normalised training images fed through a
+  ``CalibrationDataReader``, after ORT's recommended ``quant_pre_process``. Weights are signed
+  (U8S8, the fast path of ORT's x86 kernels; signed activations measured 2.6x slower) only where
+  the CPU has AVX-512 VNNI; elsewhere unsigned (U8U8), chosen by measured agreement: without VNNI
+  ORT's U8S8 kernels add pairs of u8 x s8 products in saturating 16-bit registers, as its docs warn.
+  Measured on AMD EPYC AVX2 (ResNet-18 width 0.125, embedded CIFAR-10, FP32 top-1 43.0 %, 1,000
+  test images), integer kernels against the same file run op by op in float (``session(...,
+  optimize=False)``), agreement / logit SQNR, and the model's top-1:
+  U8S8 per-channel 84.2 % / 14.3 dB, 39.8 % (QOperator format the same); U8S8 per-tensor 93.4 % /
+  19.8 dB, 42.2 %; U8S8 with ORT's ``reduce_range`` (7-bit weights) 99.7 % / 47.1 dB, 42.9 %;
+  U8U8 99.9 % / 48.3 dB, 43.2 %; S8S8 99.8 % / 54.6 dB, 42.9 %.
 * pqd INT8 (our QAT model on ORT): the FX QAT-prepared model is lowered by torch.ao to its
   *decomposed reference* form (``_convert_to_reference_decomposed_fx``: BN folded into the conv
   weights, ``quantized_decomposed.quantize/dequantize_per_tensor|channel`` ops carrying the learned
@@ -24,11 +32,15 @@ the same protocol as PyTorch (``runtime="onnxruntime"``):
   dynamo exporter on the prepared model fails in decomposition, and ``torch.export`` of the
   converted INT8 model fails on its packed-parameter script objects.
 
-  One numerical difference remains: torch's x86 default activation range is 0..127
-  (``reduce_range``); ONNX QuantizeLinear to uint8 saturates at 255, so on ORT activations above
-  ``(127 - zero_point) * scale`` are kept rather than clipped (the exporter drops the range).
-  Weights, scales and zero points are identical to the PyTorch INT8 model's (checked); the outputs
-  still differ by the runtimes' requantisation rounding, as any two INT8 runtimes do.
+  One numerical difference remains: with pqd's default activation range 0..127 (``reduce_range``)
+  ONNX QuantizeLinear to uint8 saturates at 255, so on ORT activations above
+  ``(127 - zero_point) * scale`` are kept rather than clipped (the exporter drops the range; the
+  file's ``pqd_reduce_range`` metadata keeps it). Weights, scales and zero points are identical to
+  the PyTorch INT8 model's (checked); the outputs still differ by the runtimes' requantisation
+  rounding, as any two INT8 runtimes do. A full-range (0..255) QAT model saturates ORT's kernels
+  on a CPU without VNNI just as torch's (measured on AMD EPYC AVX2, QAT of the model of the
+  post-training figures above: ORT integer kernels vs the float run of the same file 84.4 % /
+  14.4 dB with 0..255, 96.9 % / 31.8 dB with 0..127).
 
 Sessions follow the latency protocol: ``intra_op_num_threads`` = the thread count being measured,
 ``inter_op_num_threads = 1``, sequential execution, all graph optimisations, CPU provider only.
@@ -52,6 +64,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
+from . import hardware
 
 __all__ = [
     "OnnxError",
@@ -173,7 +186,8 @@ def export_qat_onnx(prepared: nn.Module, path: str | os.PathLike, *, input_shape
     ``torch.ao.quantization.quantize_fx._convert_to_reference_decomposed_fx`` (BN folded, weights
     and activations as decomposed quantize/dequantize ops) and exported with the dynamo exporter;
     then :func:`fold_weight_quantizers` stores the weights as INT8 initializers. ``pqd_form`` =
-    ``"int8"``, ``pqd_source`` = ``"qat"`` in the metadata.
+    ``"int8"``, ``pqd_source`` = ``"qat"``, ``pqd_reduce_range`` (the activation range it was
+    trained with) in the metadata.
 
     Raises:
         OnnxError: `prepared` has no fake-quant modules, or the lowering/export failed.
@@ -181,12 +195,15 @@ def export_qat_onnx(prepared: nn.Module, path: str | os.PathLike, *, input_shape
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
     from torch.ao.quantization.quantize_fx import _convert_to_reference_decomposed_fx
 
+    from ..stages.quantize import activation_reduce_range
+
     path = Path(path)
     if not any(isinstance(m, FakeQuantizeBase) for m in prepared.modules()):
         raise OnnxError(f"{path}: export_qat_onnx needs the QAT-prepared (fake-quant) model, not an FP32 or "
                         "converted INT8 one")
     from torch.ao.quantization import disable_observer
 
+    reduce_range = activation_reduce_range(prepared)
     twin = copy.deepcopy(prepared).cpu().to(memory_format=torch.contiguous_format).eval()
     # Lowering runs the weight fake-quants; an enabled observer would move the learned scales.
     twin.apply(disable_observer)
@@ -203,7 +220,8 @@ def export_qat_onnx(prepared: nn.Module, path: str | os.PathLike, *, input_shape
         model = onnx.load(str(tmp))
         _strip_debug_info(model)
         fold_weight_quantizers(model)
-        _merge_metadata(model, {"pqd_form": "int8", "pqd_source": "qat", **(metadata or {})})
+        _merge_metadata(model, {"pqd_form": "int8", "pqd_source": "qat", "pqd_reduce_range": reduce_range,
+                                **(metadata or {})})
         onnx.save(model, str(tmp))
 
     try:
@@ -300,7 +318,7 @@ def calibration_images(data: Any, n: int) -> np.ndarray:
 
 def quantize_static_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: Any, *,
                          batch_size: int = 32, per_channel: bool = True, activation_type: str = "QUInt8",
-                         weight_type: str = "QInt8", metadata: dict[str, Any] | None = None) -> Path:
+                         weight_type: str | None = None, metadata: dict[str, Any] | None = None) -> Path:
     """ONNX Runtime's own post-training static INT8 of an FP32 ONNX model (QDQ, per-channel), calibrated on images.
 
     Args:
@@ -310,7 +328,9 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLi
             :func:`calibration_images` with ``MeasureConfig.calibration_images`` images.
         batch_size: images per calibration batch fed by the ``CalibrationDataReader``.
         per_channel, activation_type, weight_type: ``quantize_static`` settings; the defaults are
-            the fast x86 combination (U8S8, per-channel weights).
+            per-channel weights, unsigned activations, and signed weights (U8S8, the fast x86
+            combination) where the CPU has AVX-512 VNNI, unsigned (U8U8) elsewhere, where U8S8
+            saturates (see the module text). The types used are stored in the file's metadata.
 
     Raises:
         OnnxError: missing input file, no calibration images, or quantization failed.
@@ -321,6 +341,8 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLi
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if not fp32_path.is_file():
         raise OnnxError(f"{fp32_path}: FP32 ONNX model not found")
+    if weight_type is None:
+        weight_type = "QInt8" if hardware.has_int8_vnni() else "QUInt8"
     images = calibration.detach().cpu().numpy() if isinstance(calibration, torch.Tensor) else np.asarray(calibration)
     if images.ndim != 4 or len(images) == 0:
         raise OnnxError(f"{out_path}: calibration needs normalised images (N, C, H, W), got shape {images.shape}")
@@ -345,7 +367,8 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLi
                             weight_type=getattr(QuantType, weight_type))
         model = onnx.load(str(tmp))
         _merge_metadata(model, {"pqd_form": "int8", "pqd_source": "ort-static",
-                                "pqd_calibration_images": len(images), **(metadata or {})})
+                                "pqd_calibration_images": len(images), "pqd_activation_type": activation_type,
+                                "pqd_weight_type": weight_type, **(metadata or {})})
         onnx.save(model, str(tmp))
 
     try:
@@ -355,12 +378,14 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLi
                         f"({type(exc).__name__}: {_first_line(exc)})") from exc
 
 
-def session(path: str | os.PathLike, *, threads: int = 1) -> Any:
+def session(path: str | os.PathLike, *, threads: int = 1, optimize: bool = True) -> Any:
     """An ``onnxruntime.InferenceSession`` on the CPU with the protocol's options.
 
     ``intra_op_num_threads = threads`` (the measured thread count), ``inter_op_num_threads = 1``,
     sequential execution, all graph optimisations (ORT's default level, which fuses QDQ pairs into
-    integer kernels).
+    integer kernels). ``optimize=False`` disables them: every QuantizeLinear, DequantizeLinear and
+    float op then runs as written -- the exact float simulation of the INT8 graph that its integer
+    kernels are checked against (never timed).
 
     Raises:
         ValueError: ``threads <= 0``.
@@ -377,7 +402,8 @@ def session(path: str | os.PathLike, *, threads: int = 1) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3  # errors only: ORT warns about every unused initializer otherwise
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -1,4 +1,4 @@
-"""Model size in bytes, five ways: as saved, gzip, xz, a sparse-aware encoding, and the entropy bound.
+"""Model size in bytes, six ways: as saved, gzip, xz, a sparse-aware encoding, its per-layer choice, the entropy bound.
 
 Zhou & Shen (2026) report compression ratios; a ratio needs a stated byte count. Definitions:
 
@@ -13,6 +13,10 @@ Zhou & Shen (2026) report compression ratios; a ratio needs a stated byte count.
   points (1 byte each) for quantized weights, the bias (4 bytes per element, float32); plus every
   other tensor of the state dict (BN statistics of an FP32 model, activation scales and zero points
   of an INT8 one) at its stored element size.
+* **stored** (``size_stored_bytes``): the sparse encoding with each layer stored the cheaper way,
+  dense (values only, no bitmask) or bitmask + non-zeros, plus the same qparams, biases and rest:
+  what a format that picks per layer would write, so an unpruned layer pays no bitmask. This is
+  a bitmask encoding, not CSR (CSR stores a column index per non-zero and a row pointer array).
 * **entropy bound** (``size_entropy_bytes``): the same, with the bitmask replaced by its Shannon
   bound ``numel x H(d)`` bits for a layer of density ``d`` (``H`` the binary entropy) -- no
   position coder can do better for i.i.d. positions -- and the values kept at 8 (INT8) or 32
@@ -40,6 +44,7 @@ __all__ = [
     "compressed_sizes",
     "layer_encodings",
     "sparse_encoding_bytes",
+    "stored_bytes",
     "entropy_bound_bytes",
     "binary_entropy",
     "model_sizes",
@@ -123,6 +128,15 @@ def sparse_encoding_bytes(model: nn.Module) -> int:
     return total + _rest_bytes(model, layers)
 
 
+def stored_bytes(model: nn.Module) -> int:
+    """Exact size of the per-layer choice (module docstring): min(dense, bitmask + non-zeros) per layer."""
+    layers = layer_encodings(model)
+    total = sum(min(layer["numel"] * layer["value_bytes"],
+                      math.ceil(layer["numel"] / 8) + layer["nonzero"] * layer["value_bytes"])
+                + _qparam_and_bias_bytes(layer) for layer in layers)
+    return total + _rest_bytes(model, layers)
+
+
 def entropy_bound_bytes(model: nn.Module) -> float:
     """The entropy bound (module docstring): values at 8/32 bits + numel x H(density) bits + qparams, biases, rest."""
     layers = layer_encodings(model)
@@ -135,8 +149,8 @@ def entropy_bound_bytes(model: nn.Module) -> float:
 
 
 def model_sizes(model: nn.Module, path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """All five sizes of `model` in bytes: ``size_bytes``, ``size_gzip_bytes``, ``size_xz_bytes``,
-    ``size_sparse_bytes``, ``size_entropy_bytes``.
+    """All six sizes of `model` in bytes: ``size_bytes``, ``size_gzip_bytes``, ``size_xz_bytes``,
+    ``size_sparse_bytes``, ``size_stored_bytes``, ``size_entropy_bytes``.
 
     `path`: the saved artifact (e.g. a deploy file); its bytes are then the 'as saved' size and what
     is compressed. Without it, ``torch.save(model.state_dict())`` in memory.
@@ -144,4 +158,5 @@ def model_sizes(model: nn.Module, path: str | os.PathLike | None = None) -> dict
     blob = Path(path).read_bytes() if path is not None else saved_bytes(model)
     packed = compressed_sizes(blob)
     return {"size_bytes": len(blob), "size_gzip_bytes": packed["gzip"], "size_xz_bytes": packed["xz"],
-            "size_sparse_bytes": sparse_encoding_bytes(model), "size_entropy_bytes": entropy_bound_bytes(model)}
+            "size_sparse_bytes": sparse_encoding_bytes(model), "size_stored_bytes": stored_bytes(model),
+            "size_entropy_bytes": entropy_bound_bytes(model)}

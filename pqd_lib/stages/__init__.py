@@ -71,6 +71,9 @@ class StageContext:
     history: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     progress: bool | None = None
+    # Rebuild a finished stage from the pipeline's stage cache: the stage does its structural work
+    # (masks, QAT prepare, hooks) but :meth:`fit` trains nothing; the cached weights are loaded after.
+    replay: bool = False
 
     @property
     def stage_label(self) -> str:
@@ -98,6 +101,8 @@ class StageContext:
         """
         from .. import train  # local: keeps `import pqd_lib.stages` free of the training stack
 
+        if self.replay:
+            return self.history
         per_epoch = max(1, train.steps_per_epoch(data.y_train.numel(), cfg.train.batch_size))
         hooks, epoch_hooks = list(after_step), list(on_epoch_start)
         for factory in self.stage_hooks:
