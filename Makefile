@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine (README):
 #   make demo   create/reuse .venv, install pqd, train a small baseline on the embedded CIFAR-10 subset
-#   make test   create/reuse .venv, install pqd with test extras, run the test suite (unit tests + nbval)
+#   make test   create/reuse .venv, install pqd with notebook and test extras, run the test suite (unit tests + nbval)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,9 +10,10 @@ STAMP := $(VENV)/.pqd-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Everything (notebooks, ONNX, reports, tests) at the exact versions of constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,openvino,test]"
 	touch $(STAMP)
 
 demo: setup

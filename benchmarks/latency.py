@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pqd_lib import config as C  # noqa: E402
 from pqd_lib import data as D  # noqa: E402
 from pqd_lib.deploy import save_artifact  # noqa: E402
-from pqd_lib.measure import hardware, onnx_runtime, openvino_runtime, rounds  # noqa: E402
+from pqd_lib import hardware  # noqa: E402
+from pqd_lib.measure import onnx_runtime, openvino_runtime, rounds  # noqa: E402
 from pqd_lib.measure.rounds import Candidate  # noqa: E402
 from pqd_lib.models import build  # noqa: E402
 from pqd_lib.stages import prune as prune_stage  # noqa: E402

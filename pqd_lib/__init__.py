@@ -9,26 +9,20 @@ Usage::
     splits = data.load(cfg.data, seed=cfg.seed)
     int8_model, records = pqd_lib.compress(my_trained_cnn, splits, order="PQD", config=cfg)
 
-Importing the package has no side effects and imports nothing heavy: the public entry points
-below are loaded on first use.
+Importing the package has no side effects (nothing printed, downloaded or written); it imports
+torch and the library's modules, and none of the extras (papermill, matplotlib, scipy, onnx).
 """
 
 from __future__ import annotations
 
-from ._lazy import attach
+from importlib.metadata import PackageNotFoundError, version
 
-__version__ = "0.1.0"
+from .deploy import load_deploy, save_deploy
+from .pipeline import STAGES, compress, run
 
-# Public name -> module that defines it; resolved lazily (PEP 562).
-_LAZY = {
-    "compress": "pipeline",
-    "run": "pipeline",
-    "STAGES": "pipeline",
-    "save_deploy": "deploy",
-    "load_deploy": "deploy",
-}
+try:
+    __version__ = version("pqd")  # the one version source: pyproject.toml, through the installed metadata
+except PackageNotFoundError:  # a source checkout on sys.path that was never installed
+    __version__ = "0+unknown"
 
-__all__ = ["__version__", *_LAZY]
-
-
-__getattr__, __dir__ = attach(__name__, _LAZY, globals())
+__all__ = ["__version__", "compress", "run", "STAGES", "save_deploy", "load_deploy"]

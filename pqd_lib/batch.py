@@ -9,35 +9,56 @@ killed (even by SIGKILL) redoes exactly the notebook it was in and skips the fin
 Records a notebook appends carry deterministic ids (see :mod:`pqd_lib.results`), so redoing a
 notebook overwrites its own records instead of duplicating them.
 
+A notebook's records become visible only when it succeeds: it writes them into a staging
+folder ``<results>/.staging/<run id>/<notebook>/`` (hidden from :func:`pqd_lib.results.load_results`),
+and they are moved into the store (the same relative paths) after papermill returns. A failed or
+killed notebook leaves its records staged, never counted; redoing it clears them first.
+
+One batch at a time per run: a run's folder holds a lock (``flock`` on ``.lock``, released by the
+kernel even when the batch is killed) while its notebooks execute; a second batch of the same run
+skips it and says so. A batch ended by SIGTERM or Ctrl-C shuts down the kernel it started (a
+SIGKILLed one cannot: its kernel notices the lost parent within a second, ipykernel's parent poller).
+
 Failures do not stop the batch: they are listed at the end with the path of the executed
 notebook, in which papermill keeps the outputs up to the failing cell and the error.
-Bad input (unknown backbone, dataset or preset, parameters of the wrong type, an unwritable
-results directory) is reported in one line before any notebook starts.
+Bad input (unknown backbone, dataset, preset or notebook, a negative seed, parameters of the wrong
+type, an unwritable results directory) is reported in one line before anything is created.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import itertools
 import json
 import os
+import shutil
+import signal
 import sys
-import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+try:
+    import fcntl  # POSIX: the per-run lock
+except ImportError:  # Windows: runs are not locked
+    fcntl = None
+
+from . import backbones as backbones_mod
 from . import config as config_mod
 from ._atomic import atomic_write_text
 
 __all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "notebook_names"]
 
-BACKBONES = ("resnet18", "wrn28_10", "vgg16_bn")
+BACKBONES = backbones_mod.BACKBONES
 DATASETS = ("cifar10", "cifar100")
+#: The hidden folder of the results store where a notebook's records wait until it succeeds.
+STAGING = ".staging"
 NOTEBOOKS_DIR = Path(os.environ.get("PQD_NOTEBOOKS", Path(__file__).resolve().parents[1] / "notebooks"))
 
 
@@ -65,11 +86,13 @@ class BatchResult:
     executed: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    #: Runs another batch was executing (their lock was held): not touched by this batch.
+    busy: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when no notebook failed."""
-        return not self.failed
+        """True when no notebook failed and no run was left to another batch."""
+        return not self.failed and not self.busy
 
 
 def notebook_names(notebooks_dir: Path = NOTEBOOKS_DIR, select: str | None = None) -> list[str]:
@@ -101,13 +124,14 @@ def _expand(value: str, allowed: Sequence[str], what: str) -> list[str]:
 
 
 def _check_writable(directory: Path, what: str) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".pqd-write-check-"):
-            pass
-    except OSError as exc:
-        raise BatchError(f"{what} {directory} is not writable ({exc.strerror}); choose another with "
-                         f"--{what.replace(' ', '-')}") from None
+    """Refuse a folder that could not be created or written, without creating anything."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "not a directory" if not existing.is_dir() else "no write permission"
+        raise BatchError(f"{what} {directory} is not writable ({existing}: {why}); choose another with "
+                         f"--{what.replace(' ', '-')}")
 
 
 def _notebook_parameters(path: Path) -> dict[str, type | None]:
@@ -151,7 +175,7 @@ def _check_types(notebook: Path, declared: dict[str, type | None], given: dict[s
 
 
 def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data_source: str | None = None,
-         data_root: str | None = None, results_dir: str | os.PathLike = "reports/results",
+         data_root: str | None = None, results_dir: str | os.PathLike = config_mod.DEFAULT_RESULTS_DIR,
          runs_dir: str | os.PathLike = "reports/runs", cache_dir: str | None = None) -> list[Run]:
     """Resolve and validate every run of a batch (no notebook runs); raise BatchError/ConfigError on bad input."""
     backbones = _expand(backbone, BACKBONES, "backbone")
@@ -160,6 +184,9 @@ def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data
         raise BatchError(f"--preset: {preset!r} does not exist; choose one of {', '.join(config_mod.PRESETS)}")
     if not seeds:
         raise BatchError("--seeds: give at least one seed")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise BatchError(f"--seeds: {negative[0]} is not allowed; seeds are integers >= 0")
     results_dir, runs_dir = Path(results_dir).resolve(), Path(runs_dir).resolve()
     # Notebooks run with the notebooks folder as working directory: relative paths given here
     # must mean what they meant where the batch was started.
@@ -168,55 +195,133 @@ def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data
     if data_source == "folder" and data_root and not Path(data_root).is_dir():
         raise BatchError(f"--root: {data_root} is not a directory; the folder source needs an image-folder "
                          f"tree train/<class>/*, test/<class>/* there")
-    _check_writable(results_dir, "results dir")
-    _check_writable(runs_dir, "runs dir")
     runs = []
     for bb, ds, seed in itertools.product(backbones, datasets, seeds):
         data = {k: v for k, v in (("source", data_source), ("root", data_root)) if v is not None}
         cfg = config_mod.cell(bb, ds, preset=preset, seed=seed, data=data, cache_dir=cache_dir)
-        run_id = f"{bb}-{ds}-{preset}-s{seed}-{config_mod.config_hash(cfg)}"
+        run_id = config_mod.run_id(cfg, preset)
         params = {"backbone": bb, "dataset": ds, "preset": preset, "seed": seed,
                   "data_source": cfg.data.source, "data_root": cfg.data.root, "results_dir": str(results_dir),
                   "cache_dir": cache_dir, "run_id": run_id}
         runs.append(Run(run_id, bb, ds, preset, seed, params, runs_dir / run_id))
+    # Last: every value is valid by now, and nothing has been created.
+    _check_writable(results_dir, "results dir")
+    _check_writable(runs_dir, "runs dir")
     return runs
+
+
+def _staging(run: Run, notebook: str) -> Path:
+    """Where `notebook` of `run` writes its records until it succeeds (hidden: its name starts with '.')."""
+    return Path(run.parameters["results_dir"]) / STAGING / run.run_id / Path(notebook).stem
+
+
+def _publish(staging: Path, results_dir: Path) -> int:
+    """Move every staged file into the store at the same relative path (atomic per file); return how many."""
+    moved = 0
+    for path in sorted(p for p in staging.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        target = results_dir / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        moved += 1
+    shutil.rmtree(staging, ignore_errors=True)
+    return moved
+
+
+@contextlib.contextmanager
+def _run_lock(folder: Path) -> Iterator[bool]:
+    """Hold the run's lock while the block runs; yield False (not held) when another batch holds it.
+
+    ``flock`` is released by the kernel when the holder exits, even by SIGKILL, so a stale lock
+    never blocks a resumed batch. Where ``fcntl`` does not exist (Windows) runs are not locked.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield True
+        return
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while notebooks run, so papermill shuts the kernel down."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: Path = NOTEBOOKS_DIR,
               kernel_name: str = "python3", progress: bool = True, log=print) -> BatchResult:
     """Execute `notebooks` for every run with papermill; skip what is done, list what failed."""
-    import papermill
+    import papermill  # the [notebooks] extra: `pip install pqd` alone has no papermill
 
     notebooks_dir = Path(notebooks_dir)
     declared = {nb: _notebook_parameters(notebooks_dir / nb) for nb in notebooks}
     jobs = [(run, nb, _check_types(notebooks_dir / nb, declared[nb], run.parameters))
             for run in runs for nb in notebooks]  # every type checked before the first notebook starts
     result = BatchResult()
-    bar = tqdm(jobs, desc="pqd batch", unit="notebook", disable=not progress, file=sys.stderr,
+    bar = tqdm(total=len(jobs), desc="pqd batch", unit="notebook", disable=not progress, file=sys.stderr,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
-    for run, nb, params in bar:
-        run.folder.mkdir(parents=True, exist_ok=True)
-        out = run.folder / nb
-        marker = run.folder / f"{nb}.done"
-        bar.set_postfix_str(f"{run.run_id} {nb}", refresh=False)
-        if marker.is_file():
-            result.skipped.append(out)
-            continue
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(str(notebooks_dir / nb), str(out), parameters=params,
-                                       kernel_name=kernel_name, progress_bar=False, cwd=str(notebooks_dir))
-        except Exception as exc:  # papermill raises its own error types and kernel errors alike
-            reason = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', str(exc))}"
-            result.failed.append((out, reason.splitlines()[0][:300]))
-            continue
-        done = {"run_id": run.run_id, "notebook": nb, "seconds": round(time.perf_counter() - start, 2),
-                "parameters": params}
-        atomic_write_text(marker, json.dumps(done, indent=1))
-        result.executed.append(out)
+    with _terminate_as_interrupt():
+        for run, run_jobs in itertools.groupby(jobs, key=lambda job: job[0]):
+            run_jobs = list(run_jobs)
+            with _run_lock(run.folder) as held:
+                if not held:
+                    result.busy.append(run.run_id)
+                    bar.update(len(run_jobs))
+                    continue
+                for _, nb, params in run_jobs:
+                    _execute(papermill, run, nb, params, notebooks_dir, kernel_name, result, bar)
+                    bar.update()
     bar.close()
     log(f"pqd batch: {len(result.executed)} executed, {len(result.skipped)} already done, "
         f"{len(result.failed)} failed")
     for path, reason in result.failed:
         log(f"  FAILED {path}\n         {reason}")
+    for run_id in result.busy:
+        log(f"  BUSY   {run_id}: another batch is executing this run (its lock is held); run again later")
     return result
+
+
+def _execute(papermill: Any, run: Run, nb: str, params: dict[str, Any], notebooks_dir: Path, kernel_name: str,
+             result: BatchResult, bar: Any) -> None:
+    """Execute one notebook of `run` unless done; publish its staged records only when it succeeds."""
+    out = run.folder / nb
+    marker = run.folder / f"{nb}.done"
+    bar.set_postfix_str(f"{run.run_id} {nb}", refresh=False)
+    if marker.is_file():
+        result.skipped.append(out)
+        return
+    staging = _staging(run, nb)
+    shutil.rmtree(staging, ignore_errors=True)  # records of an earlier failed or killed attempt
+    staging.mkdir(parents=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(notebooks_dir / nb), str(out), parameters={**params, "results_dir": str(staging)},
+                                   kernel_name=kernel_name, progress_bar=False, cwd=str(notebooks_dir))
+    except Exception as exc:  # papermill raises its own error types and kernel errors alike
+        reason = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', str(exc))}"
+        result.failed.append((out, reason.splitlines()[0][:300]))
+        return
+    published = _publish(staging, Path(run.parameters["results_dir"]))
+    done = {"run_id": run.run_id, "notebook": nb, "seconds": round(time.perf_counter() - start, 2),
+            "records": published, "parameters": params}
+    atomic_write_text(marker, json.dumps(done, indent=1))
+    result.executed.append(out)

@@ -32,7 +32,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import stats
+from . import labels, stats
+from .labels import Kind, Notebook
+from .measure.table import protocol_point
 from .stats import ACCURACY_MARGIN_PP, ALPHA, RELATIVE_MARGIN, PairedTest, paired_test
 
 __all__ = ["ALPHA", "HOLDS", "FAILS", "UNRESOLVED", "EQUIVALENT", "PAPER_VALUES", "select", "protocol_point",
@@ -94,12 +96,23 @@ def _arrow(order: str) -> str:
 
 
 def select(df: pd.DataFrame, backbone: str | None = None, dataset: str | None = None,
-           preset: str | None = None) -> pd.DataFrame:
-    """The records of one backbone / dataset / preset (None: any), with the columns this module reads."""
+           preset: str | None = None, machine: str | None = None) -> pd.DataFrame:
+    """The records of one backbone / dataset / preset / machine (None: any), with the columns this module reads.
+
+    Every comparison stays within one machine (latency and its ratios depend on the CPU), so a
+    selection holding records of several machines needs `machine`.
+
+    Raises:
+        ValueError: records of several machines and no `machine` chosen (the message lists them).
+    """
     out = df
-    for column, value in (("backbone", backbone), ("dataset", dataset), ("preset", preset)):
+    for column, value in (("backbone", backbone), ("dataset", dataset), ("preset", preset), ("machine", machine)):
         if value is not None:
             out = out[out[column] == value]
+    machines = sorted(out["machine"].dropna().unique()) if "machine" in out else []
+    if len(machines) > 1:
+        raise ValueError(f"machine: the records come from {len(machines)} machines ({', '.join(machines)}); "
+                         "comparisons stay within one machine: choose one (pqd report --machine NAME)")
     out = out.copy()
     for column in ("notebook", "kind", "model", "allocation", "runtime", "control"):
         if column not in out:
@@ -131,13 +144,13 @@ def _lr_cap(config: object) -> bool:
 
 def _ablation(df: pd.DataFrame, lr_cap: bool = True) -> pd.DataFrame:
     """The order ablation's deploy records (by stage, no control) at one learning-rate setting."""
-    return df[df["kind"].eq("deploy") & df["allocation"].eq("by_stage") & df["control"].isna()
+    return df[df["kind"].eq(Kind.DEPLOY) & df["allocation"].eq("by_stage") & df["control"].isna()
               & df["lr_cap"].eq(lr_cap)]
 
 
 def pipeline_target(df: pd.DataFrame) -> float | None:
     """The pipeline's target sparsity: notebook 02 also prunes to other targets, so it is read elsewhere."""
-    for config in df.loc[df["notebook"].ne("02"), "config"] if "config" in df else []:
+    for config in df.loc[df["notebook"].ne(Notebook.PRUNE), "config"] if "config" in df else []:
         try:
             return float(config["prune"]["target_sparsity"])
         except (TypeError, KeyError):
@@ -145,23 +158,17 @@ def pipeline_target(df: pd.DataFrame) -> float | None:
     return None
 
 
-def protocol_point(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows at the protocol's fewest threads and smallest batch (the point every figure plots)."""
-    timed = df.dropna(subset=["threads", "batch_size"])
-    if timed.empty:
-        return timed
-    return timed[timed["threads"].eq(timed["threads"].min()) & timed["batch_size"].eq(timed["batch_size"].min())]
-
-
 def _pruned_alone(df: pd.DataFrame) -> str | None:
     """The name of notebook 02's model pruned to the pipeline's own target (e.g. ``P50``)."""
     target = pipeline_target(df)
-    return None if target is None else f"P{round(100 * target)}"
+    return None if target is None else labels.pruned(target)
 
 
 #: The single-stage methods: (notebook, model name or None for P at the pipeline's target, method, group).
-_SINGLES = (("01", "baseline", "FP32 baseline", "baseline"), ("02", None, "P alone", "single stage"),
-            ("03", "Q", "Q alone", "single stage"), ("04", "D", "D alone", "single stage"))
+_SINGLES = ((Notebook.BASELINE, labels.BASELINE, "FP32 baseline", "baseline"),
+            (Notebook.PRUNE, None, "P alone", "single stage"),
+            (Notebook.QUANTIZE, labels.QUANTIZED, "Q alone", "single stage"),
+            (Notebook.DISTILL, labels.DISTILLED, "D alone", "single stage"))
 
 
 #: Every stored-size column a method row carries (pqd_lib.measure.size.model_sizes).
@@ -192,7 +199,7 @@ def _by_seed(df: pd.DataFrame, column: str) -> pd.Series:
 
 def _measured(df: pd.DataFrame, notebook: str, model: str | None) -> pd.DataFrame:
     """Notebook `notebook`'s eager-runtime measurements of `model` at the protocol point."""
-    rows = protocol_point(df[df["kind"].eq("measured") & df["notebook"].eq(notebook)
+    rows = protocol_point(df[df["kind"].eq(Kind.MEASURED) & df["notebook"].eq(notebook)
                              & df["runtime"].fillna("torch-eager").eq("torch-eager")])
     return rows[rows["model"].eq(model)]
 
@@ -209,9 +216,9 @@ def _speedup(base: pd.DataFrame, other: pd.DataFrame) -> tuple[pd.Series, pd.Ser
 def _c1(df: pd.DataFrame) -> list[dict[str, str]]:
     out = []
     speed = {}
-    for nb, name, model in (("02", "P", _pruned_alone(df)), ("03", "Q", "Q"),
-                            ("04", "D", "D")):
-        base, other, ratio = _speedup(_measured(df, nb, "baseline"), _measured(df, nb, model))
+    for nb, name, model in ((Notebook.PRUNE, "P", _pruned_alone(df)), (Notebook.QUANTIZE, "Q", labels.QUANTIZED),
+                            (Notebook.DISTILL, "D", labels.DISTILLED)):
+        base, other, ratio = _speedup(_measured(df, nb, labels.BASELINE), _measured(df, nb, model))
         speed[name] = (base, other, ratio)
     base, q, q_ratio = speed["Q"]
     if q_ratio.empty:
@@ -223,7 +230,7 @@ def _c1(df: pd.DataFrame) -> list[dict[str, str]]:
         rivals = {k: paired_test(q_ratio, v[2], RELATIVE_MARGIN * q_ratio.mean())
                   for k, v in speed.items() if k != "Q" and not v[2].empty}
         verdict = decide({"FP32 − INT8": faster, **rivals}, "5 %")
-        widths = sorted(set(_measured(df, "03", "Q")["width"].dropna()))
+        widths = sorted(set(_measured(df, Notebook.QUANTIZE, labels.QUANTIZED)["width"].dropna()))
         evidence = (f"width {', '.join(f'{w:g}' for w in widths)}: INT8 speed-up over FP32 "
                     f"{q_ratio.mean():.2f}x (FP32 − INT8 latency {faster.describe(' ms', 3)}); "
                     + "; ".join(f"{k} alone {speed[k][2].mean():.2f}x (Q − {k} speed-up {c.describe('x')})"
@@ -247,7 +254,7 @@ def _c1(df: pd.DataFrame) -> list[dict[str, str]]:
 
 
 def _latency_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return protocol_point(df[df["kind"].eq("latency")])
+    return protocol_point(df[df["kind"].eq(Kind.LATENCY)])
 
 
 def _full_width_latency(df: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series | None] | None:
@@ -263,8 +270,8 @@ def _full_width_latency(df: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Seri
 
 
 def _c2(df: pd.DataFrame) -> list[dict[str, str]]:
-    base = _measured(df, "02", "baseline")
-    pruned = _measured(df, "02", _pruned_alone(df))
+    base = _measured(df, Notebook.PRUNE, labels.BASELINE)
+    pruned = _measured(df, Notebook.PRUNE, _pruned_alone(df))
     b, p, ratio = _speedup(base, pruned)
     statement = "Pruning alone gives no CPU speed-up (dense kernels, trained width)"
     out = []
@@ -371,7 +378,7 @@ def _c3_at(df: pd.DataFrame, lr_cap: bool) -> dict[str, str]:
 
 
 def _c4(df: pd.DataFrame) -> list[dict[str, str]]:
-    stages = df[df["kind"].eq("stage") & df["order"].eq("PQD") & df["control"].isna()]
+    stages = df[df["kind"].eq(Kind.STAGE) & df["order"].eq(labels.PIPELINE) & df["control"].isna()]
     statement = "Distillation applied last recovers accuracy, without changing the deployed form"
     after_q, after_d = stages[stages["stage"].eq("Q")], stages[stages["stage"].eq("D")]
     out = []
@@ -398,7 +405,7 @@ def _c4(df: pd.DataFrame) -> list[dict[str, str]]:
             f"deploy top-1 of P → Q → D − P → Q + cross-entropy (alpha 0, same epochs, learning rate and seeds): "
             f"{control.describe(' pp')}, margin ±{_ACC_MARGIN}{_image_interval(pqd, ce_after)}",
             "figures/order_ablation.png"))
-    kd, ce = _measured(df, "04", "D"), _measured(df, "04", CE_CONTROL_MODEL)
+    kd, ce = _measured(df, Notebook.DISTILL, labels.DISTILLED), _measured(df, Notebook.DISTILL, CE_CONTROL_MODEL)
     if len(kd) and len(ce):
         control = paired_test(_by_seed(kd, "top1"), _by_seed(ce, "top1"), ACCURACY_MARGIN_PP)
         out.append(_verdict(
@@ -410,7 +417,7 @@ def _c4(df: pd.DataFrame) -> list[dict[str, str]]:
 
 
 #: The model name notebook 04 gives its cross-entropy-only control (distillation with alpha = 0).
-CE_CONTROL_MODEL = "D-alpha0"
+CE_CONTROL_MODEL = labels.DISTILLED_WITHOUT_TEACHER
 
 
 def _alpha(rows: pd.DataFrame) -> str:
@@ -555,11 +562,11 @@ def seeds_plan(df: pd.DataFrame) -> pd.DataFrame:
     top = {o: _by_seed(deploy[deploy["order"].eq(o)], "top1") for o in ORDERS}
     for order in ORDERS[1:]:
         pairs.append(("C3", f"P → Q → D − {_arrow(order)}", top["PQD"], top[order], len(ORDERS) - 1))
-    stages = df[df["kind"].eq("stage") & df["order"].eq("PQD") & df["control"].isna()]
+    stages = df[df["kind"].eq(Kind.STAGE) & df["order"].eq(labels.PIPELINE) & df["control"].isna()]
     pairs.append(("C4", "after D − after Q", _by_seed(stages[stages["stage"].eq("D")], "top1"),
                   _by_seed(stages[stages["stage"].eq("Q")], "top1"), 1))
-    pairs.append(("C4", "KD − CE fine-tuning (notebook 04)", _by_seed(_measured(df, "04", "D"), "top1"),
-                  _by_seed(_measured(df, "04", CE_CONTROL_MODEL), "top1"), 1))
+    pairs.append(("C4", "KD − CE fine-tuning (notebook 04)", _by_seed(_measured(df, Notebook.DISTILL, labels.DISTILLED), "top1"),
+                  _by_seed(_measured(df, Notebook.DISTILL, CE_CONTROL_MODEL), "top1"), 1))
     rows = []
     for claim, comparison, a, b, family in pairs:
         t = paired_test(a, b, ACCURACY_MARGIN_PP)
@@ -590,7 +597,7 @@ def paper_beside_ours(df: pd.DataFrame) -> pd.DataFrame:
         texts.append(f"{full[1]['latency_ms_p50']:.2f} ms (INT8, width 1.0, {int(full[1]['threads'])} thread(s), "
                      f"batch {int(full[1]['batch_size'])})")
     ours.append("; ".join(texts) or "not measured")
-    deploy = df[df["kind"].eq("deploy")]
+    deploy = df[df["kind"].eq(Kind.DEPLOY)]
     epochs = sorted(set(deploy.get("epochs", pd.Series(dtype=object)).dropna())) if len(deploy) else []
     allocation = (f"{'/'.join(str(e) for e in deploy['config'].iloc[0]['pipeline']['epochs'])} (scaled preset)"
                   if len(deploy) else "not run")

@@ -15,8 +15,10 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from collections.abc import Sequence
 
+from . import batch, pipeline, results, train
 from . import config as config_mod
 
 __all__ = ["main", "resolve_config"]
@@ -45,8 +47,6 @@ def resolve_config(args: argparse.Namespace) -> config_mod.RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import train
-
     cfg = resolve_config(args)
     if args.print_config:
         print(config_mod.to_yaml(cfg), end="")
@@ -67,8 +67,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import pipeline
-
     cfg = resolve_config(args)
     if args.order:
         cfg = config_mod.apply_overrides(cfg, {"pipeline.order": args.order})
@@ -82,30 +80,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from . import batch
-
+    # Everything is checked before anything is created (no empty results or runs folders on bad input).
+    notebooks = batch.notebook_names(batch.NOTEBOOKS_DIR, args.notebooks)
     runs = batch.plan(args.backbone, args.dataset, args.preset, args.seeds, data_source=args.source,
                       data_root=args.root, results_dir=args.results_dir, runs_dir=args.runs_dir,
                       cache_dir=args.cache_dir)
-    notebooks = batch.notebook_names(batch.NOTEBOOKS_DIR, args.notebooks)
     result = batch.run_batch(runs, notebooks, progress=not args.no_progress)
     return 0 if result.ok else 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from . import claims, report, results
+    from . import claims, report  # the [report] extra (matplotlib, seaborn, scipy): only this command needs it
 
     start = time.perf_counter()
     records = results.load_results(args.results_dir)
     written = report.write_reports(records, args.out, backbone=args.backbone, dataset=args.dataset,
-                                   preset=args.preset)
+                                   preset=args.preset, machine=args.machine)
     if not written:
         print(f"pqd report: no records under {args.results_dir} match the selection; fill the store with "
               "pqd batch (see reports/README.md)", file=sys.stderr)
         return 1
-    for (backbone, dataset, preset), paths in written.items():
-        print(f"{backbone} {dataset} {preset}: {len(paths)} files in {args.out}/{backbone}-{dataset}-{preset}/")
-        for row in claims.verdicts(claims.select(records, backbone, dataset, preset)).itertuples():
+    for key, paths in written.items():
+        backbone, dataset, preset = key[:3]
+        machine = key[3] if len(key) > 3 else args.machine
+        print(f"{' '.join(key)}: {len(paths)} files in {Path(paths[-1]).parent}/")
+        for row in claims.verdicts(claims.select(records, backbone, dataset, preset, machine)).itertuples():
             print(f"  {row.claim}  {row.verdict:<32}  {row.statement}")
     print(f"{len(records)} records read in {time.perf_counter() - start:.1f} s")
     return 0
@@ -130,17 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_batch.add_argument("--notebooks", help="which notebooks, e.g. 01-05 or 01,07 (default: all)")
     p_batch.add_argument("--source", choices=["torchvision", "folder", "embedded"], help="data source")
     p_batch.add_argument("--root", help="data root for the torchvision or folder source")
-    p_batch.add_argument("--results-dir", default="reports/results", help="where records are appended")
+    p_batch.add_argument("--results-dir", default=config_mod.DEFAULT_RESULTS_DIR, help="where records are appended")
     p_batch.add_argument("--runs-dir", default="reports/runs", help="where executed notebooks are kept")
     p_batch.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
     p_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_batch.set_defaults(func=_cmd_batch)
     p_report = sub.add_parser("report", help="regenerate reports/ (tables, figures, claim verdicts) from the records")
-    p_report.add_argument("--results-dir", default="reports/results", help="the results store to read")
+    p_report.add_argument("--results-dir", default=config_mod.DEFAULT_RESULTS_DIR, help="the results store to read")
     p_report.add_argument("--out", default="reports", help="where tables/ and figures/ are written")
     p_report.add_argument("--backbone", help="keep one backbone's records (default: all)")
     p_report.add_argument("--dataset", help="keep one dataset's records (default: all)")
     p_report.add_argument("--preset", help="keep one preset's records (default: all)")
+    p_report.add_argument("--machine", help="keep one machine's records (default: each machine its own folder)")
     p_report.set_defaults(func=_cmd_report)
     return parser
 

@@ -23,6 +23,8 @@ __all__ = ["NOTEBOOK_TOOLS", "missing_requirements", "setup"]
 # Distributions of pqd's requirements that Colab never needs from us: its notebook front-end and
 # kernel are its own, and papermill only drives `pqd batch`, which is not run from a Colab notebook.
 NOTEBOOK_TOOLS = frozenset({"jupyterlab", "ipykernel", "papermill"})
+# The extras the notebooks need on Colab: ONNX Runtime timing and the report's figures and statistics.
+COLAB_EXTRAS = frozenset({"onnx", "report"})
 
 
 def _canonical(name: str) -> str:
@@ -31,18 +33,21 @@ def _canonical(name: str) -> str:
 
 
 def missing_requirements(requires: Iterable[str], installed: Iterable[str],
-                         skip: Iterable[str] = NOTEBOOK_TOOLS) -> list[str]:
+                         skip: Iterable[str] = NOTEBOOK_TOOLS, extras: Iterable[str] = COLAB_EXTRAS) -> list[str]:
     """The requirement strings of `requires` (as ``importlib.metadata.requires`` gives them) whose
-    distribution is not in `installed`, leaving out optional extras and the `skip` distributions.
+    distribution is not in `installed`, leaving out extras other than `extras`, pqd itself (an extra
+    naming other extras) and the `skip` distributions.
 
     >>> missing_requirements(["torch==2.14.1", "onnx==1.23.2", "pytest==9.2.0; extra == 'test'"], ["Torch"])
     ['onnx==1.23.2']
     """
-    have = {_canonical(n) for n in installed} | {_canonical(n) for n in skip}
+    have = {_canonical(n) for n in installed} | {_canonical(n) for n in skip} | {"pqd"}
+    wanted = set(extras)
     out = []
     for req in requires:
         marker = req.partition(";")[2]
-        if re.search(r"\bextra\s*==", marker):
+        extra = re.search(r"\bextra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+        if extra and extra.group(1) not in wanted:
             continue
         name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
         if name and _canonical(name.group(1)) not in have:
@@ -61,7 +66,7 @@ def setup(root: str, *, run=subprocess.run) -> str:
     missing = missing_requirements(metadata.requires("pqd") or [], installed)
     if missing:
         run([*pip, *missing], check=True)
-    import torch
+    import torch  # after pip: this module is imported before anything is installed
 
     if torch.cuda.is_available():
         device = f"training on the GPU ({torch.cuda.get_device_name(0)})"

@@ -10,17 +10,22 @@ Configuration is layered, later layers winning::
     dataclass defaults  <-  parameters/<cell>.yaml  <-  built-in preset
                         <-  the YAML's ``presets: {<name>: {...}}`` block  <-  overrides
 
-Every key maps 1:1 onto a dataclass field. An unknown key, a wrong type or an
-out-of-range value raises :class:`ConfigError` with a one-line message naming the
-key, the bad value and what is allowed.
+Every key maps 1:1 onto a dataclass field. Each field is checked where it is declared
+(its annotation and the range given with it, in ``__post_init__``), so direct construction,
+``dataclasses.replace``, presets, YAML files and ``--set`` are all checked, and each layer of
+a file is checked on its own (a bad value is refused even where a preset would replace it).
+An unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` with a
+one-line message naming the key, the bad value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -28,6 +33,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+
+from .backbones import BACKBONES, check_width
 
 __all__ = [
     "ConfigError",
@@ -53,6 +60,8 @@ __all__ = [
     "with_section",
     "PARAMETERS_DIR",
     "cell",
+    "DEFAULT_RESULTS_DIR",
+    "cache_root",
 ]
 
 
@@ -62,13 +71,66 @@ class ConfigError(ValueError):
 
 Dataset = Literal["cifar10", "cifar100"]
 DataSource = Literal["torchvision", "folder", "embedded"]
-Backbone = Literal["resnet18", "wrn28_10", "vgg16_bn"]
+Backbone = Literal[BACKBONES]
+
+#: Where result records go unless told otherwise (relative to the working directory).
+DEFAULT_RESULTS_DIR = "reports/results"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache directory: `cache_dir`, else ``$PQD_CACHE``, else ``~/.cache/pqd``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("PQD_CACHE", "~/.cache/pqd")).expanduser()
+
+
+def _f(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+       lt: float | None = None) -> Any:
+    """A field with its allowed range declared beside it (every item of a tuple field is checked)."""
+    lo, lo_open = (gt, True) if gt is not None else (ge, False)
+    hi, hi_open = (lt, True) if lt is not None else (le, False)
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+class _Section:
+    """Base of every config dataclass: each field is checked where it is declared, whoever builds it.
+
+    ``__post_init__`` runs for direct construction, ``dataclasses.replace``, presets, YAML files and
+    ``--set`` alike: every value is checked against its annotation (and converted: an int where a
+    float is declared, a list where a tuple is) and against the range declared with :func:`_f`;
+    ``_check`` adds what involves several fields. The error names key, value and what is allowed.
+    """
+
+    _section: typing.ClassVar[str] = ""
+
+    def __init_subclass__(cls, section: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._section = section
+
+    def __post_init__(self) -> None:
+        prefix = f"{self._section}." if self._section else ""
+        hints = _hints(type(self))
+        for f in fields(self):
+            key = f"{prefix}{f.name}"
+            value = _coerce(key, getattr(self, f.name), hints[f.name])
+            if "range" in f.metadata:
+                _check_range(key, value, *f.metadata["range"])
+            object.__setattr__(self, f.name, value)  # frozen: the converted value replaces the given one
+        self._check()
+
+    def _check(self) -> None:
+        """Checks across fields; none by default."""
 Schedule = Literal["cosine", "onecycle"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section, section='data'):
     """Where the images come from and how many are used."""
 
     # Which CIFAR; fixes the number of classes (10 or 100).
@@ -82,48 +144,54 @@ class DataConfig:
     # Let torchvision download the archive when it is missing from `root`.
     download: bool = True
     # Balanced, seeded subset of the training set (images in total); None keeps every image.
-    train_subset: int | None = None
+    train_subset: int | None = _f(None, ge=1)
     # Balanced, seeded subset of the test set; None keeps every image (the reported protocol).
-    test_subset: int | None = None
+    test_subset: int | None = _f(None, ge=1)
     # Random crop with 4-pixel zero padding and horizontal flip, on whole batches.
     augment: bool = True
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section, section='model'):
     """The backbone; the number of classes follows from the dataset."""
 
     # One of pqd_lib.models.MODELS.
     name: Backbone = "resnet18"
     # Channel multiplier: 1.0 is the paper's architecture; CPU presets use less.
-    width: float = 1.0
+    width: float = _f(1.0, gt=0, le=4)
+
+    def _check(self) -> None:
+        try:
+            check_width(self.name, self.width)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section, section='train'):
     """The FP32 baseline (the teacher) and the loop settings shared by every stage."""
 
     # Baseline epochs. 200 with SGD+cosine is the common CIFAR ResNet recipe
     # (the paper gives no baseline schedule; this is our stated choice).
-    epochs: int = 200
+    epochs: int = _f(200, ge=0)
     # Mini-batch size for training (evaluation uses `eval_batch_size`).
-    batch_size: int = 128
-    eval_batch_size: int = 512
+    batch_size: int = _f(128, ge=1)
+    eval_batch_size: int = _f(512, ge=1)
     # SGD with momentum; lr for batch 128 as in He et al. 2016 / the usual CIFAR recipes.
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: float = _f(0.1, gt=0)
+    momentum: float = _f(0.9, ge=0, lt=1)
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    weight_decay: float = _f(5e-4, ge=0)
     # Learning-rate schedule over the run's steps.
     schedule: Schedule = "cosine"
     # Label smoothing of the cross-entropy (0 = plain CE, the paper's loss).
-    label_smoothing: float = 0.0
+    label_smoothing: float = _f(0.0, ge=0, lt=1)
     # Gradient-free epochs at the start with a linearly rising lr (0 = none).
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = _f(0.0, ge=0)
     # "auto": CUDA when available, else CPU.
     device: Device = "auto"
     # torch.set_num_threads for training; None keeps torch's default (all cores).
-    threads: int | None = None
+    threads: int | None = _f(None, ge=1)
     # NHWC memory layout; measured faster for convolutions on CPU and CUDA.
     channels_last: bool = True
     # bfloat16 autocast for FP32 training where the hardware supports it natively
@@ -132,11 +200,11 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(_Section, section='prune'):
     """P: unstructured magnitude pruning (Zhu & Gupta 2017 gradual schedule)."""
 
     # Fraction of prunable weights set to zero at the end of the stage.
-    target_sparsity: float = 0.5
+    target_sparsity: float = _f(0.5, ge=0, lt=1)
     # global: one magnitude threshold over all prunable layers; layerwise: every
     # prunable layer pruned to the same sparsity by its own magnitudes (uniform).
     scope: Literal["global", "layerwise"] = "global"
@@ -146,25 +214,25 @@ class PruneConfig:
     prune_classifier: bool = False
     # Fraction of the stage's steps over which sparsity ramps up (cubic schedule);
     # the rest fine-tunes at the final sparsity.
-    ramp_fraction: float = 0.5
+    ramp_fraction: float = _f(0.5, ge=0, le=1)
     # Number of mask updates spread over the ramp.
-    ramp_updates: int = 10
+    ramp_updates: int = _f(10, ge=1)
     # Optimiser for the stage: fine-tuning a trained model, so a tenth of the baseline lr.
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = _f(0.01, gt=0)
+    momentum: float = _f(0.9, ge=0, lt=1)
+    weight_decay: float = _f(5e-4, ge=0)
 
 
 @dataclass(frozen=True)
-class QuantizeConfig:
+class QuantizeConfig(_Section, section='quantize'):
     """Q: INT8 quantization-aware training for the x86 CPU backend."""
 
     # Quantized engine of the deployed model (torch.backends.quantized.engine).
     backend: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
     # Observers frozen after this fraction of the stage's epochs, BN statistics after
     # this one (torchvision's QAT recipe: 4 and 3 of 10 epochs -> 0.4 and 0.3).
-    freeze_observers_after: float = 0.4
-    freeze_bn_after: float = 0.3
+    freeze_observers_after: float = _f(0.4, ge=0, le=1)
+    freeze_bn_after: float = _f(0.3, ge=0, le=1)
     # True (default): activations use 0..127, torch's own x86 default, exact on every x86 CPU.
     # Without AVX-512 VNNI (AVX2, AVX-512 without VNNI) the x86 engine's u8 x s8 kernels add product
     # pairs in saturating 16-bit registers; only 7-bit activations keep 2 x 127 x 128 below 32,767.
@@ -183,28 +251,28 @@ class QuantizeConfig:
     engine: Literal["fx", "pt2e"] = "fx"
     # torchvision's QAT recipe fine-tunes with lr 1e-4 at batch 32 (4e-4 at batch 128 by linear
     # scaling); we use 1e-3 because the CPU presets give Q only a few epochs to adapt.
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = _f(0.001, gt=0)
+    momentum: float = _f(0.9, ge=0, lt=1)
+    weight_decay: float = _f(5e-4, ge=0)
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(_Section, section='distill'):
     """D: Hinton et al. 2015 knowledge distillation from the FP32 baseline."""
 
     # Softmax temperature T and the weight alpha of the soft term:
     # loss = alpha * T^2 * KL(p_T || q_T) + (1 - alpha) * CE   (Hinton et al. 2015).
-    temperature: float = 4.0
-    alpha: float = 0.9
+    temperature: float = _f(4.0, gt=0)
+    alpha: float = _f(0.9, ge=0, le=1)
     # Path to a teacher checkpoint written by pqd; None = the cached FP32 baseline.
     teacher: str | None = None
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = _f(0.01, gt=0)
+    momentum: float = _f(0.9, ge=0, lt=1)
+    weight_decay: float = _f(5e-4, ge=0)
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(_Section, section='pipeline'):
     """The order of stages and how epochs are allocated to them."""
 
     # Letters P, Q, D, each at most once, in execution order.
@@ -212,26 +280,29 @@ class PipelineConfig:
     # by_stage: `epochs` are for P, Q, D whatever their position (the paper's 20/40/40);
     # by_position: `epochs` are for the first, second and third stage run.
     allocation: Literal["by_stage", "by_position"] = "by_stage"
-    epochs: tuple[int, int, int] = (20, 40, 40)
+    epochs: tuple[int, int, int] = _f((20, 40, 40), ge=0)
     # After Q, P and D fine-tune a quantization-aware model: at most Q's learning rate
     # (quantize.lr) there, since QAT fine-tuning wants small steps (torchvision's recipe) and the
     # stages' own 10x larger rate collapsed it (mini, seed 0: D after Q took P->Q->D from 59.1 % to
     # 40.0 %; see reports/README.md). False keeps every stage's own rate wherever it runs.
     qat_lr_after_q: bool = True
 
+    def _check(self) -> None:
+        _check_order(self.order)
+
 
 @dataclass(frozen=True)
-class MeasureConfig:
+class MeasureConfig(_Section, section='measure'):
     """The latency protocol and what else is measured."""
 
     # Thread counts to time; None = [1, all cores].
-    threads: tuple[int, ...] | None = None
-    batch_sizes: tuple[int, ...] = (1, 32)
+    threads: tuple[int, ...] | None = _f(None, ge=1)
+    batch_sizes: tuple[int, ...] = _f((1, 32), ge=1)
     # Untimed runs before timing (caches, allocator, oneDNN primitive creation).
-    warmup: int = 50
+    warmup: int = _f(50, ge=0)
     # Timed runs continue until both bounds are met.
-    min_runs: int = 300
-    min_seconds: float = 2.0
+    min_runs: int = _f(300, ge=1)
+    min_seconds: float = _f(2.0, ge=0)
     # Time each model in a freshly spawned process loading the saved artifact.
     isolate: bool = True
     # Also time a torch.compile variant where it works.
@@ -239,33 +310,33 @@ class MeasureConfig:
     # Also export to ONNX and time ONNX Runtime (FP32, its own INT8, our QAT INT8).
     onnxruntime: bool = True
     # Images used to calibrate ONNX Runtime's static quantization.
-    calibration_images: int = 256
+    calibration_images: int = _f(256, ge=1)
     # The rounds protocol (pqd_lib.measure.rounds), used for every comparison between models.
     # Rounds: each times every model once, in rotated order, between two blocks of the reference.
     # 15 is pyperf's and MLPerf's order of magnitude and gives a bootstrap CI of the median that is
     # a few percent wide on a quiet 2-core VM.
-    rounds: int = 15
+    rounds: int = _f(15, ge=1)
     # Seconds per timed block (calls per block calibrated to reach it): short enough that a burst
     # of other work spoils one block, not a model's whole measurement.
-    block_seconds: float = 0.2
+    block_seconds: float = _f(0.2, ge=0)
     # A round whose two reference blocks differ by more than this fraction is marked (the machine
     # changed within the round) and re-run.
-    canary_drift: float = 0.10
+    canary_drift: float = _f(0.10, gt=0)
     # A block during which other processes used more than this many cores (/proc/stat busy time
     # minus the timed process's own) or the hypervisor stole more than 2 % is marked, its round re-run.
-    contention_cores: float = 0.25
+    contention_cores: float = _f(0.25, ge=0)
     # At most this many extra rounds replace marked ones per comparison; then marked rounds are kept
     # and the records say so (``rounds_marked``).
-    max_reruns: int = 10
+    max_reruns: int = _f(10, ge=0)
     # Pin each timed process to `threads` cores (os.sched_setaffinity) before torch is imported.
     pin_cores: bool = True
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Section, section=''):
     """Everything that defines one run; its hash names the run."""
 
-    seed: int = 0
+    seed: int = _f(0, ge=0)
     # Name of the preset that was layered on (recorded; changes nothing by itself).
     preset: Literal["smoke", "mini", "standard", "paper"] | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -277,7 +348,7 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     # Where result records are appended.
-    results_dir: str = "reports/results"
+    results_dir: str = DEFAULT_RESULTS_DIR
     # Checkpoints and decoded-data caches; None = $PQD_CACHE, else ~/.cache/pqd.
     cache_dir: str | None = None
 
@@ -289,9 +360,7 @@ class RunConfig:
     @property
     def cache_path(self) -> Path:
         """The resolved cache directory."""
-        if self.cache_dir:
-            return Path(self.cache_dir).expanduser()
-        return Path(os.environ.get("PQD_CACHE", "~/.cache/pqd")).expanduser()
+        return cache_root(self.cache_dir)
 
 
 # ---------------------------------------------------------------------------
@@ -375,6 +444,11 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return `value` converted to annotation `tp`, or raise ConfigError."""
+    if is_dataclass(tp):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{key}: expected a {tp.__name__}, got {type(value).__name__}; build it with "
+                              f"{tp.__name__}(...) or pqd_lib.config.from_dict")
+        return value
     origin = get_origin(tp)
     if origin is Literal:
         allowed = get_args(tp)
@@ -439,50 +513,6 @@ def _check_range(key: str, value: Any, lo: float | None = None, hi: float | None
             raise ConfigError(f"{key}: {value!r} is out of range; allowed: {allowed}")
 
 
-_RANGES: dict[str, tuple] = {
-    # key: (lo, hi, lo_open, hi_open)
-    "seed": (0, None, False, False),
-    "data.train_subset": (1, None, False, False),
-    "data.test_subset": (1, None, False, False),
-    "model.width": (0, 4, True, False),
-    "train.epochs": (0, None, False, False),
-    "train.batch_size": (1, None, False, False),
-    "train.eval_batch_size": (1, None, False, False),
-    "train.lr": (0, None, True, False),
-    "train.momentum": (0, 1, False, True),
-    "train.weight_decay": (0, None, False, False),
-    "train.label_smoothing": (0, 1, False, True),
-    "train.warmup_epochs": (0, None, False, False),
-    "train.threads": (1, None, False, False),
-    "prune.target_sparsity": (0, 1, False, True),
-    "prune.ramp_fraction": (0, 1, False, False),
-    "prune.ramp_updates": (1, None, False, False),
-    "prune.lr": (0, None, True, False),
-    "prune.momentum": (0, 1, False, True),
-    "prune.weight_decay": (0, None, False, False),
-    "quantize.freeze_observers_after": (0, 1, False, False),
-    "quantize.freeze_bn_after": (0, 1, False, False),
-    "quantize.lr": (0, None, True, False),
-    "quantize.momentum": (0, 1, False, True),
-    "quantize.weight_decay": (0, None, False, False),
-    "distill.temperature": (0, None, True, False),
-    "distill.alpha": (0, 1, False, False),
-    "distill.lr": (0, None, True, False),
-    "distill.momentum": (0, 1, False, True),
-    "distill.weight_decay": (0, None, False, False),
-    "pipeline.epochs": (0, None, False, False),
-    "measure.threads": (1, None, False, False),
-    "measure.batch_sizes": (1, None, False, False),
-    "measure.warmup": (0, None, False, False),
-    "measure.min_runs": (1, None, False, False),
-    "measure.min_seconds": (0, None, False, False),
-    "measure.calibration_images": (1, None, False, False),
-    "measure.rounds": (1, None, False, False),
-    "measure.block_seconds": (0, None, False, False),
-    "measure.canary_drift": (0, None, True, False),
-    "measure.contention_cores": (0, None, False, False),
-    "measure.max_reruns": (0, None, False, False),
-}
 
 
 def _check_order(order: str) -> None:
@@ -498,7 +528,7 @@ def _check_order(order: str) -> None:
 
 
 def _build(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, validating every key and value."""
+    """Build dataclass `cls` from a mapping: unknown keys refused here, values checked by the dataclass."""
     if data is None:
         data = {}
     if is_dataclass(data):
@@ -520,13 +550,8 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
         if is_dataclass(tp):
             kwargs[f.name] = _build(tp, data[f.name], prefix=f"{key}.")
             continue
-        value = _coerce(key, data[f.name], tp)
-        if key in _RANGES:
-            _check_range(key, value, *_RANGES[key])
-        if key == "pipeline.order":
-            _check_order(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
+        kwargs[f.name] = data[f.name]
+    return cls(**kwargs)  # each field is checked by the dataclass itself (_Section.__post_init__)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -600,6 +625,14 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, **ove
         raise ConfigError(f"presets: expected a mapping of preset name -> overrides, got {file_presets!r}")
     for name in file_presets:
         _check_preset(name)
+    # Every layer is checked on its own, so a bad value is refused even where a later layer
+    # (a preset, an override) would replace it: the file names what it means to run.
+    where = f"{path}: " if path is not None else ""
+    for label, layer in (("", data), *((f"presets.{n}: ", _merge(data, b or {})) for n, b in file_presets.items())):
+        try:
+            from_dict(layer)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}{label}{exc}") from None
     # A `preset` key inside the file only records what was layered (a resolved config read back
     # must stay equal to itself); layering happens for the `preset` argument alone.
     _check_preset(preset)
@@ -679,10 +712,21 @@ def config_hash(cfg: RunConfig, sections: tuple[str, ...] | None = None, length:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def run_id(cfg: RunConfig, order: str | None = None) -> str:
-    """A readable, unique run name, e.g. ``resnet18-cifar10-PQD-s0-3fa2c81b9e``."""
+def run_id(cfg: RunConfig, order: str | None = None, *, model: str | None = None, dataset: str | None = None,
+           identity: tuple[str, ...] = ()) -> str:
+    """A readable, unique run name ``<model>-<dataset>-<label>-s<seed>-<hash>``, e.g. ``resnet18-cifar10-PQD-s0-3fa2c81b9e``.
+
+    The one home of the run-id format. `order` is the label (default ``cfg.pipeline.order``; the
+    batch runner passes the preset); `model` and `dataset` default to the config's names (a user's
+    own network and data pass theirs); `identity` adds strings to the hash (e.g. fingerprints of a
+    user's model and data, which the config does not describe).
+    """
     order = cfg.pipeline.order if order is None else order
-    return f"{cfg.model.name}-{cfg.data.dataset}-{order}-s{cfg.seed}-{config_hash(cfg)}"
+    digest = config_hash(cfg)
+    if identity:
+        digest = hashlib.sha256("|".join((digest, *identity)).encode()).hexdigest()[:len(digest)]
+    name = "-".join((model or cfg.model.name, dataset or cfg.data.dataset, order, f"s{cfg.seed}", digest))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def with_section(cfg: RunConfig, section: str, **changes: Any) -> RunConfig:

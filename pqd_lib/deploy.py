@@ -250,15 +250,11 @@ class ArtifactError(ValueError):
     """A model artifact is missing, unreadable or of an unknown kind; the message names the path."""
 
 
-def _is_int8(model: nn.Module) -> bool:
-    return quantize_stage.is_int8(model)  # the one home of INT8 knowledge (FX and PT2E models)
-
-
 def model_form(model: nn.Module) -> str:
     """``"int8"`` (quantized conv/linear weights), ``"fp32-sparse"`` (>= 1 % exact-zero weights) or ``"fp32"``."""
     from .measure.proxies import weight_sparsity
 
-    if _is_int8(model):
+    if quantize_stage.is_int8(model):
         return "int8"
     return "fp32-sparse" if weight_sparsity(model) >= SPARSE_FORM_THRESHOLD else "fp32"
 
@@ -282,7 +278,7 @@ def save_artifact(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, 
     """
     path = Path(path)
     arch = arch or getattr(model, "pqd_arch", None)
-    int8 = _is_int8(model)
+    int8 = quantize_stage.is_int8(model)
     if arch is not None:
         return save_deploy(model, path, arch=dict(arch), form="int8" if int8 else "fp32",
                            backend=backend, reduce_range=reduce_range,

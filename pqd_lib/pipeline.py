@@ -79,13 +79,10 @@ def allocate_epochs(order: str, epochs: tuple[int, int, int], allocation: str) -
     ``by_stage``: letter L gets ``epochs[list(STAGES).index(L)]`` (P, Q, D = 20/40/40 in the paper);
     ``by_position``: the i-th stage run gets ``epochs[i]``.
     """
-    slots = list(STAGES)
+    # `allocation` is one of PipelineConfig's two values (checked where it is declared).
     if allocation == "by_stage":
-        return [epochs[slots.index(letter)] for letter in order]
-    if allocation == "by_position":
-        return [epochs[i] for i in range(len(order))]
-    raise config_mod.ConfigError(f"pipeline.allocation: {allocation!r} is not allowed; "
-                                 "choose 'by_stage', 'by_position'")
+        return [epochs[list(STAGES).index(letter)] for letter in order]
+    return [epochs[i] for i in range(len(order))]
 
 
 def deploy_form(model: nn.Module, *, backend: str = "x86") -> tuple[nn.Module, str]:
@@ -330,9 +327,7 @@ def compress(model: nn.Module, data: data_mod.DataSplits, order: str = "PQD", te
     cfg = config if config is not None else RunConfig()
     if not isinstance(cfg, RunConfig):
         raise TypeError(f"compress: config must be a RunConfig or None, got {type(cfg).__name__}")
-    if not isinstance(order, str):
-        raise config_mod.ConfigError(f"pipeline.order: {order!r} is not a string; use letters P, Q, D (e.g. 'PQD')")
-    cfg = config_mod.with_section(cfg, "pipeline", order=order)
+    cfg = config_mod.with_section(cfg, "pipeline", order=order)  # PipelineConfig checks the order
     if "Q" in order:
         quantize_stage.check_backend(cfg.quantize.backend)
         quantize_stage.check_activation_range(cfg.quantize.reduce_range, cfg.quantize.backend)
@@ -344,5 +339,9 @@ def compress(model: nn.Module, data: data_mod.DataSplits, order: str = "PQD", te
             teacher = distill_stage.load_teacher(cfg.distill.teacher, build_fn=lambda: _fresh_copy(model, cfg.seed))
         else:
             teacher, _ = train.train_baseline(cfg, data, model=_fresh_copy(model, cfg.seed), progress=progress)
-    extra = {"arch": train.arch_spec(model), "data_source": data.source}
+    # The records name the user's architecture and data, never the config's default backbone/dataset.
+    arch = train.arch_spec(model)
+    identity = (train.model_fingerprint(model), train.data_fingerprint(data))
+    extra = {"arch": arch, "data_source": data.source, "backbone": arch["name"], "dataset": data.name,
+             "run_id": config_mod.run_id(cfg, order, model=arch["name"], dataset=data.name, identity=identity)}
     return run_stages(model, cfg, data, teacher=teacher, progress=progress, extra_record=extra)

@@ -335,33 +335,33 @@ def _save_figure(fig: Figure, folder: Path, name: str) -> Path:
 
 def provenance(records: pd.DataFrame) -> pd.DataFrame:
     """Where the records come from, per notebook: preset, data source, seeds, code version, machine, dates."""
-    columns = ["notebook", "kind", "preset", "data_source", "records", "seeds", "git_commit", "git_dirty",
-               "machine", "torch", "dates"]
+    columns = ["machine", "notebook", "kind", "preset", "data_source", "records", "seeds", "git_commit", "git_dirty",
+               "cpu", "torch", "dates"]
     if records.empty:
         return pd.DataFrame(columns=columns)
     df = records.copy()
-    for column in ("notebook", "kind", "preset", "data_source", "seed", "timestamp", "cpu_model", "cpu_count",
-                   "torch_version", "git_commit", "git_dirty"):
+    for column in ("machine", "notebook", "kind", "preset", "data_source", "seed", "timestamp", "cpu_model",
+                   "cpu_count", "torch_version", "git_commit", "git_dirty"):
         if column not in df:
             df[column] = None
     rows = []
-    for (notebook, kind, preset, source), part in df.groupby(["notebook", "kind", "preset", "data_source"],
-                                                            dropna=False, sort=True):
+    for (machine, notebook, kind, preset, source), part in df.groupby(
+            ["machine", "notebook", "kind", "preset", "data_source"], dropna=False, sort=True):
         dates = pd.to_datetime(part["timestamp"], errors="coerce", utc=True).dropna().dt.strftime("%Y-%m-%d")
         machines = sorted({f"{m}, {int(c)} cores" for m, c in zip(part["cpu_model"], part["cpu_count"])
                            if isinstance(m, str) and pd.notna(c)})
-        rows.append({"notebook": notebook, "kind": kind, "preset": preset, "data_source": source,
+        rows.append({"machine": machine, "notebook": notebook, "kind": kind, "preset": preset, "data_source": source,
                      "records": len(part), "seeds": " ".join(str(int(s)) for s in sorted(part["seed"].dropna().unique())),
                      "git_commit": " ".join(sorted({str(c)[:10] for c in part["git_commit"].dropna()})) or "?",
                      "git_dirty": bool(part["git_dirty"].eq(True).any()),
-                     "machine": "; ".join(machines) or "?",
+                     "cpu": "; ".join(machines) or "?",
                      "torch": " ".join(sorted({str(t) for t in part["torch_version"].dropna()})) or "?",
                      "dates": " to ".join(sorted({dates.min(), dates.max()})) if len(dates) else "?"})
     return pd.DataFrame(rows, columns=columns)
 
 
 def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", *, backbone: str | None = None,
-                 dataset: str | None = None, preset: str | None = None) -> list[Path]:
+                 dataset: str | None = None, preset: str | None = None, machine: str | None = None) -> list[Path]:
     """Every table and figure of ``reports/`` from the records alone; return the paths written.
 
     ``tables/*.md|csv``: methods (mean ± std per method), order_ablation, latency_forms (notebook 07),
@@ -374,7 +374,7 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
 
     out = Path(out_dir)
     tables, figures = out / "tables", out / "figures"
-    df = claims.select(records, backbone, dataset, preset)
+    df = claims.select(records, backbone, dataset, preset, machine)
     what = " ".join(str(v) for v in (backbone, dataset, preset and f"preset {preset}") if v)
     written: list[Path] = []
 
@@ -475,12 +475,21 @@ def cells(records: pd.DataFrame, backbone: str | None = None, dataset: str | Non
 
 
 def write_reports(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", *, backbone: str | None = None,
-                  dataset: str | None = None, preset: str | None = None) -> dict[tuple[str, str, str], list[Path]]:
+                  dataset: str | None = None, preset: str | None = None,
+                  machine: str | None = None) -> dict[tuple[str, ...], list[Path]]:
     """:func:`write_report` for every selected cell, each into ``<out_dir>/<backbone>-<dataset>-<preset>/``.
 
-    Cells never mix: seeds, widths and protocols differ between them. An empty selection writes
-    nothing and returns an empty dict.
+    Cells never mix: seeds, widths and protocols differ between them. Nor do machines: with records
+    of several machines (or `machine` chosen) each cell gets ``<backbone>-<dataset>-<preset>-<machine>/``.
+    An empty selection writes nothing and returns an empty dict.
     """
-    return {cell: write_report(records, Path(out_dir) / "-".join(cell), backbone=cell[0], dataset=cell[1],
-                               preset=cell[2])
-            for cell in cells(records, backbone, dataset, preset)}
+    if machine is not None:
+        records = records[records["machine"] == machine]
+    machines = sorted(records["machine"].dropna().unique()) if "machine" in records and len(records) else []
+    out: dict = {}
+    for cell in cells(records, backbone, dataset, preset):
+        for m in machines or [None]:
+            name = "-".join(cell) if len(machines) <= 1 and machine is None else "-".join((*cell, m))
+            out[cell if len(machines) <= 1 else (*cell, m)] = write_report(
+                records, Path(out_dir) / name, backbone=cell[0], dataset=cell[1], preset=cell[2], machine=m)
+    return out

@@ -1,6 +1,9 @@
 """Run records: one tidy JSON file per record, appended atomically, read back as one pandas DataFrame.
 
-Layout: ``<results_dir>/<run_id>/<record_id>.json``. Each record is its own file, written to a
+Layout: ``<results_dir>/<machine>/<run_id>/<record_id>.json``. The machine is part of a record's
+identity (``$PQD_MACHINE``, else :func:`machine_key` of the host name, CPU model and core count):
+records of several machines sit side by side, and two results folders merge (by copying, or by
+git) without one machine's records replacing another's; :func:`load_results` can keep one machine. Each record is its own file, written to a
 temporary name in the same directory and renamed into place (``os.replace``, atomic on POSIX and
 Windows), so any number of processes can append at once: nobody rewrites a shared file, a reader
 never sees half a record, and no lock is needed. Nothing is ever modified after it is written.
@@ -9,7 +12,7 @@ Every record carries what is needed to redo it (ARCHITECTURE.md's invariant): ``
 ``record_id``, ``timestamp`` (UTC, ISO 8601), ``run_id`` and ``config_hash`` (``pqd_lib.config``),
 the resolved ``config`` as a dict, ``backbone``, ``dataset``, ``width``, ``preset``, ``order``,
 ``stage``, ``seed``, ``data_source``, the code version (``git_commit``, ``git_dirty``; None outside
-a git checkout), the machine (``pqd_lib.measure.hardware``), and the measured fields (``top1``,
+a git checkout), the machine (``pqd_lib.hardware``), and the measured fields (``top1``,
 ``sparsity``, ``size_bytes``, ``latency_ms_p50``, ``threads``, ``batch_size``, ...).
 
 :data:`SCHEMA_VERSION` is bumped when the meaning of a field changes; :func:`load_results` refuses
@@ -26,23 +29,28 @@ import platform
 import re
 import subprocess
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .config import RunConfig, config_hash, run_id, to_dict
+from . import config as config_mod
+from .config import RunConfig, config_hash, to_dict
+from .config import run_id as run_id_of  # `run_id` is also a record field and a parameter name
 from ._atomic import atomic_write_text
+from .labels import Kind, Notebook
+from .hardware import hardware_info
 
 __all__ = ["SCHEMA_VERSION", "DEFAULT_RESULTS_DIR", "COLUMNS", "ResultsError", "code_version", "make_record",
-           "append", "load_results"]
+           "append", "record_measurements", "record_stages", "load_results"]
 
 #: Version of the record layout; records of another version are refused by :func:`load_results`.
 SCHEMA_VERSION = 1
 #: Where records go when no directory is given (``RunConfig.results_dir``'s default; relative to the CWD).
-DEFAULT_RESULTS_DIR = "reports/results"
+DEFAULT_RESULTS_DIR = config_mod.DEFAULT_RESULTS_DIR
 #: Columns every loaded DataFrame has, first and in this order (NaN where a record lacks them).
-COLUMNS = ["run_id", "backbone", "dataset", "width", "preset", "order", "stage", "seed", "data_source", "top1",
+COLUMNS = ["machine", "run_id", "backbone", "dataset", "width", "preset", "order", "stage", "seed", "data_source", "top1",
            "top5", "sparsity", "size_bytes", "latency_ms_p50", "latency_ms_p90", "runtime", "form", "threads",
            "batch_size", "config_hash", "git_commit", "git_dirty", "timestamp", "record_id", "schema_version"]
 
@@ -73,6 +81,32 @@ def code_version(where: str | os.PathLike | None = None) -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
+def machine_key(hostname: str | None, cpu_model: str | None, cpu_count: int | None) -> str:
+    """A machine's name in records and paths: ``<host>-<cpu model words>-<cores>c``, e.g. ``vm-amd-epyc-2c``.
+
+    Host name alone is not enough (containers are often all called the same); the CPU model and core
+    count also keep latency figures of different hardware apart.
+    """
+    words = [w for w in (hostname, cpu_model, f"{cpu_count}c" if cpu_count else None) if w]
+    return re.sub(r"[^a-z0-9]+", "-", " ".join(words).lower()).strip("-") or "unknown-machine"
+
+
+def this_machine() -> str:
+    """This machine's key: ``$PQD_MACHINE`` when set (a name you choose), else :func:`machine_key`.
+
+    Raises:
+        ResultsError: ``$PQD_MACHINE`` is not a plain name (letters, digits, ``.``, ``_``, ``-``).
+    """
+    chosen = os.environ.get("PQD_MACHINE")
+    if chosen:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", chosen):
+            raise ResultsError(f"PQD_MACHINE: {chosen!r} is not allowed; use letters, digits, '.', '_' and '-' "
+                               "(it names a folder of the results store)")
+        return chosen
+    info = hardware_info()
+    return machine_key(platform.node(), info.get("cpu_model"), info.get("cpu_count"))
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -84,16 +118,14 @@ def make_record(cfg: RunConfig | None = None, **fields: Any) -> dict[str, Any]:
     ``fields["order"]`` when given, else the config's order), ``config_hash``, the resolved
     ``config``, ``backbone``, ``dataset``, ``width``, ``preset``, ``order``, ``seed``,
     ``data_source`` (the config's source kind; pass the loaded data's description to override),
-    ``git_commit``/``git_dirty`` and the machine (``pqd_lib.measure.hardware.hardware_info``).
+    ``git_commit``/``git_dirty`` and the machine (``pqd_lib.hardware.hardware_info``).
     Without `cfg` the config fields are None unless given in `fields`.
     """
-    from .measure.hardware import hardware_info
-
     record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "record_id": uuid.uuid4().hex, "timestamp": _now()}
     if cfg is not None:
         order = fields.get("order", cfg.pipeline.order)
         record.update({
-            "run_id": run_id(cfg, order),
+            "run_id": run_id_of(cfg, order),
             "config_hash": config_hash(cfg),
             "config": to_dict(cfg),
             "backbone": cfg.model.name,
@@ -111,6 +143,7 @@ def make_record(cfg: RunConfig | None = None, **fields: Any) -> dict[str, Any]:
     record.update(code_version())
     record["hostname"] = platform.node()
     record.update(hardware_info())
+    record["machine"] = this_machine()
     record.update(fields)
     return record
 
@@ -137,7 +170,7 @@ def _safe_name(text: str) -> str:
 
 
 def append(record: dict[str, Any], results_dir: str | os.PathLike | None = None, *, replace: bool = False) -> Path:
-    """Write `record` as ``<results_dir>/<run_id>/<record_id>.json`` atomically; return its path.
+    """Write `record` as ``<results_dir>/<machine>/<run_id>/<record_id>.json`` atomically; return its path.
 
     Records without ``schema_version`` / ``record_id`` / ``timestamp`` get them (use
     :func:`make_record` for the provenance fields). An existing file with the same record id is
@@ -156,20 +189,61 @@ def append(record: dict[str, Any], results_dir: str | os.PathLike | None = None,
                            f"version {SCHEMA_VERSION}")
     record.setdefault("record_id", uuid.uuid4().hex)
     record.setdefault("timestamp", _now())
-    folder = Path(results_dir if results_dir is not None else DEFAULT_RESULTS_DIR) / _safe_name(
-        str(record.get("run_id") or "no-run-id"))
+    record.setdefault("machine", this_machine())
+    folder = (Path(results_dir if results_dir is not None else DEFAULT_RESULTS_DIR) / _safe_name(str(record["machine"]))
+              / _safe_name(str(record.get("run_id") or "no-run-id")))
     path = folder / f"{_safe_name(str(record['record_id']))}.json"
     if path.exists() and not replace:
         raise ResultsError(f"{path}: a record with id {record['record_id']!r} exists already; records are never rewritten")
-    return atomic_write_text(path, json.dumps(_plain(record), indent=1, sort_keys=False) + "\n")
+    try:
+        return atomic_write_text(path, json.dumps(_plain(record), indent=1, sort_keys=False) + "\n")
+    except OSError as exc:  # a full disk, a read-only store: say which file, not just errno
+        raise ResultsError(f"{path}: cannot write this record ({exc.strerror or exc}); free space or choose "
+                           "another results_dir") from None
 
 
-def load_results(results_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+def record_measurements(table: pd.DataFrame, configs: Mapping[str, RunConfig], *, notebook: Notebook,
+                        results_dir: str | os.PathLike | None = None, run_id: str | None = None) -> list[Path]:
+    """Write one :attr:`Kind.MEASURED` record per row of a :func:`pqd_lib.measure.table.measure_models` table.
+
+    `configs` maps each row's ``model`` name to the config that made it. Record ids are
+    ``<notebook>-<model>-<runtime>-<threads>t-<batch>b``, so a notebook run again replaces its own
+    records. `run_id` (set by ``pqd batch``) groups them; None derives it from each model's config.
+    """
+    paths = []
+    for row in table.to_dict("records"):
+        cfg = configs[row["model"]]
+        record = make_record(
+            cfg, record_id=f"{notebook}-{row['model']}-{row['runtime']}-{row['threads']}t-{row['batch_size']}b",
+            run_id=run_id or run_id_of(cfg, row["order"]), notebook=notebook, kind=Kind.MEASURED, **row)
+        paths.append(append(record, results_dir, replace=True))
+    return paths
+
+
+def record_stages(stage_records: list[dict[str, Any]], cfg: RunConfig, *, notebook: Notebook,
+                  results_dir: str | os.PathLike | None = None, run_id: str | None = None) -> list[Path]:
+    """Write one :attr:`Kind.STAGE` record per stage of a pipeline run (``pipeline.run``'s records).
+
+    The training histories stay out of the store. Record ids are ``<notebook>-<order>-<position><stage>``.
+    """
+    paths = []
+    for r in stage_records:
+        fields = {k: v for k, v in r.items() if k != "history"} | {"run_id": run_id or r["run_id"]}
+        record = make_record(cfg, **fields, record_id=f"{notebook}-{r['order']}-{r['position']}{r['stage']}",
+                             notebook=notebook, kind=Kind.STAGE)
+        paths.append(append(record, results_dir, replace=True))
+    return paths
+
+
+def load_results(results_dir: str | os.PathLike | None = None, *, machine: str | None = None) -> pd.DataFrame:
     """All records under `results_dir` (default ``reports/results``) as one DataFrame, one row per record.
 
     Columns: :data:`COLUMNS` first (NaN where a record lacks one), then every other field in
     alphabetical order; ``config`` holds the resolved config as a dict. Rows are sorted by
     timestamp, then record id. A missing directory gives an empty DataFrame with :data:`COLUMNS`.
+    `machine` keeps one machine's records (None: every machine; compare latencies within one).
+    A record without a ``machine`` field (written before it existed) gets :func:`machine_key` of its own
+    host and CPU fields.
 
     Raises:
         ResultsError: a record file that is not valid JSON or has another schema version (the
@@ -178,8 +252,8 @@ def load_results(results_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     root = Path(results_dir if results_dir is not None else DEFAULT_RESULTS_DIR)
     rows = []
     for path in sorted(root.glob("**/*.json")) if root.is_dir() else []:
-        if path.name.startswith("."):
-            continue
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # temporary files, and records staged by a notebook that has not succeeded (yet)
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -190,7 +264,15 @@ def load_results(results_dir: str | os.PathLike | None = None) -> pd.DataFrame:
         if version != SCHEMA_VERSION:
             raise ResultsError(f"{path}: record schema_version {version!r}, but this pqd reads version "
                                f"{SCHEMA_VERSION}; regenerate it or load it with the pqd version that wrote it")
+        record.setdefault("machine", machine_key(record.get("hostname"), record.get("cpu_model"),
+                                                 record.get("cpu_count")))
         rows.append(record)
+    if machine is not None:
+        present = sorted({r["machine"] for r in rows})
+        if machine not in present:
+            raise ResultsError(f"machine: {machine!r} has no records under {root}; machines there: "
+                               f"{', '.join(present) or 'none'}")
+        rows = [r for r in rows if r["machine"] == machine]
     frame = pd.DataFrame(rows)
     for column in COLUMNS:
         if column not in frame.columns:

@@ -35,7 +35,6 @@ Distributions come from :mod:`scipy.stats`; nothing here reads a file.
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from .correct_bits import pack_correct, unpack_correct  # re-exported: they moved to a scipy-free module
 
 __all__ = ["ALPHA", "ACCURACY_MARGIN_PP", "RELATIVE_MARGIN", "POWER", "PairedTest", "paired_test", "tost",
            "holm", "pack_correct", "unpack_correct", "image_bootstrap", "seeds_needed"]
@@ -176,17 +177,6 @@ def holm(pvalues: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
             break
         reject[index] = True
     return reject
-
-
-def pack_correct(hits: np.ndarray | Sequence[bool]) -> str:
-    """A per-image correctness vector as text for a record: bits packed 8 per byte (numpy.packbits),
-    base64-encoded. 10,000 test images take 1,250 bytes, 1,668 characters."""
-    return base64.b64encode(np.packbits(np.asarray(hits, dtype=bool)).tobytes()).decode("ascii")
-
-
-def unpack_correct(text: str, n: int) -> np.ndarray:
-    """The inverse of :func:`pack_correct`: a bool vector of the first `n` images."""
-    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
 
 
 def image_bootstrap(a: np.ndarray, b: np.ndarray, *, alpha: float = ALPHA, n_resamples: int = 2000,

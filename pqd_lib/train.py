@@ -34,7 +34,9 @@ from tqdm import tqdm
 
 from . import config as config_mod
 from . import data as data_mod
+from . import models
 from ._atomic import atomic_path
+from .data import Augmentation
 from .config import RunConfig
 
 __all__ = [
@@ -117,8 +119,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, total_ste
     if schedule == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps)
-    if schedule != "cosine":
-        raise ValueError(f"schedule: {schedule!r} is not allowed; choose 'cosine' or 'onecycle'")
+    # Otherwise cosine: TrainConfig.schedule allows only these two (checked where it is declared).
     warmup_steps = min(warmup_steps, total_steps - 1)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps)
     if warmup_steps <= 0:
@@ -392,10 +393,13 @@ def data_fingerprint(data: data_mod.DataSplits) -> str:
     h.update(f"{data.source}|{tuple(data.x_train.shape)}|{tuple(data.x_test.shape)}".encode())
     h.update(data.y_train.cpu().numpy().tobytes())
     h.update(data.x_train[:: max(1, len(data.x_train) // 64)].cpu().numpy().tobytes())
+    if data.augmentation != Augmentation.for_shape(*data.x_train.shape[2:]):
+        # Only a non-default augmentation joins the key, so existing cache entries keep their names.
+        h.update(repr(data.augmentation).encode())
     return h.hexdigest()[:10]
 
 
-def _model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: nn.Module) -> str:
     """Identity of a user model's architecture: class name, parameter/buffer names and shapes."""
     h = hashlib.sha256(type(model).__qualname__.encode())
     for name, t in model.state_dict().items():
@@ -413,11 +417,12 @@ def baseline_path(cfg: RunConfig, data: data_mod.DataSplits | None = None,
     key = config_mod.config_hash(cfg, sections=("seed", "data", "model", "train"))
     if data is not None:
         key = f"{key}-{data_fingerprint(data)}"
-    name = cfg.model.name
+    name, dataset = cfg.model.name, cfg.data.dataset
     if model is not None:
         name = type(model).__name__
-        key = f"{key}-{_model_fingerprint(model)}"
-    return cfg.cache_path / "baselines" / f"{name}-{cfg.data.dataset}-s{cfg.seed}-{key}.pt"
+        dataset = data.name if data is not None else dataset
+        key = f"{key}-{model_fingerprint(model)}"
+    return cfg.cache_path / "baselines" / f"{name}-{dataset}-s{cfg.seed}-{key}.pt"
 
 
 def train_baseline(cfg: RunConfig, data: data_mod.DataSplits | None = None, *, model: nn.Module | None = None,
@@ -428,8 +433,6 @@ def train_baseline(cfg: RunConfig, data: data_mod.DataSplits | None = None, *, m
     the hash of seed, data, model and baseline schedule (and the data's fingerprint), so stage
     settings never cause a retrain. `model` overrides the registry model (a user's own network).
     """
-    from . import models  # local: models is only needed when a baseline is actually built
-
     if data is None:
         data = data_mod.load(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_path)
     path = baseline_path(cfg, data, model)

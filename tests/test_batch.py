@@ -127,12 +127,14 @@ def test_sigkill_mid_batch_resumes_with_no_record_lost_or_duplicated(tmp_path):
     proc = subprocess.Popen(_batch_cmd(tmp_path), env=_env(notebooks, FAKE_SLEEP="60"), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(results.glob("*.json")):
+    while time.time() < deadline and not list(results.rglob("*.json")):
         time.sleep(0.2)
-    assert list(results.glob("*.json")), "the first notebook never wrote its record"
+    assert list(results.rglob("*.json")), "the first notebook never wrote its record"
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, with no chance to clean up
     proc.wait()
     assert not list((tmp_path / "runs").rglob("*.done"))
+    # The killed notebook's record stays staged: nothing is visible in the store.
+    assert not list(results.glob("*.json")) and list(results.glob(f"{batch.STAGING}/*/*/*.json"))
 
     done = subprocess.run(_batch_cmd(tmp_path), env=_env(notebooks), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -141,3 +143,65 @@ def test_sigkill_mid_batch_resumes_with_no_record_lost_or_duplicated(tmp_path):
     assert keys == [("0", "01"), ("0", "02"), ("1", "01"), ("1", "02")]
     assert len(list((tmp_path / "runs").rglob("*.done"))) == 4
     assert not list(results.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "-1"], "--seeds: -1 is not allowed"),
+    (["--seeds", "0", "--notebooks", "09"], "--notebooks: '09' matches none"),
+    (["--seeds", "0", "--preset", "huge"], "huge"),
+])
+def test_bad_input_creates_nothing(tmp_path, args, message):
+    notebooks = _make_notebooks(tmp_path / "nb")
+    cmd = [a for a in _batch_cmd(tmp_path, seeds=()) if a != "--seeds"]
+    if "--preset" in args:
+        cmd[cmd.index("--preset") + 1:cmd.index("--preset") + 2] = []
+        cmd.remove("--preset")
+    proc = subprocess.run(cmd + args, env=_env(notebooks), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_failed_notebook_publishes_no_record(tmp_path):
+    notebooks = _make_notebooks(tmp_path / "nb")
+    proc = subprocess.run(_batch_cmd(tmp_path, seeds=("0",)), env=_env(notebooks, FAKE_FAIL="02"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    results = tmp_path / "results"
+    assert [json.loads(p.read_text())["nb"] for p in results.glob("*.json")] == ["01"]  # 02 wrote, then failed
+    staged = list(results.glob(f"{batch.STAGING}/*/02_second/*.json"))  # where load_results never looks
+    assert [json.loads(p.read_text())["nb"] for p in staged] == ["02"]
+
+
+def test_a_second_batch_of_the_same_run_skips_it(tmp_path):
+    notebooks = _make_notebooks(tmp_path / "nb")
+    (run,) = batch.plan("resnet18", "cifar10", "smoke", [0], results_dir=tmp_path / "results",
+                        runs_dir=tmp_path / "runs")
+    lines = []
+    with batch._run_lock(run.folder) as held:  # another batch is executing this run
+        assert held
+        result = batch.run_batch([run], ["01_first.ipynb"], notebooks_dir=notebooks, progress=False,
+                                 log=lines.append)
+    assert result.busy == [run.run_id] and not result.ok and not result.executed
+    assert not (run.folder / "01_first.ipynb.done").exists() and "BUSY" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_batch_ends_the_kernel_it_started(tmp_path, sig):
+    # SIGTERM: the batch shuts its kernel down; SIGKILL: the kernel's parent poller (JPY_PARENT_PID) ends it.
+    notebooks = _make_notebooks(tmp_path / "nb")
+    proc = subprocess.Popen(_batch_cmd(tmp_path, seeds=("0",)), env=_env(notebooks, FAKE_SLEEP="60"),
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "results").rglob("*.json")):
+        time.sleep(0.2)
+    kernels = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert kernels, "the batch started no kernel"
+    os.kill(proc.pid, sig)  # the batch alone: the kernel runs in a session of its own
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(Path(f"/proc/{k}").exists() for k in kernels):
+        time.sleep(0.2)
+    alive = [k for k in kernels if Path(f"/proc/{k}").exists()]
+    for k in alive:
+        os.kill(int(k), signal.SIGKILL)  # do not leave it behind for the next test
+    assert not alive, f"kernel(s) {alive} outlived the batch"

@@ -14,6 +14,10 @@ def test_only_missing_runtime_requirements_are_installed():
     # Colab has its own torch and Jupyter; extras (tests) and the notebook tools are never installed there.
     assert colab.missing_requirements(REQUIRES, ["torch", "pyyaml", "IPyKernel"]) == [
         "onnx==1.23.2", "onnx_script==0.7.2"]
+    # The extras the notebooks use are installed there, the others (and pqd's own extras line) are not.
+    extras = ['onnxruntime<2,>=1.20; extra == "onnx"', 'scipy<2,>=1.13; extra == "report"',
+              'pqd[onnx,report]; extra == "notebooks"', 'papermill<3; extra == "notebooks"']
+    assert colab.missing_requirements(extras, ["torch"]) == ["onnxruntime<2,>=1.20", "scipy<2,>=1.13"]
     assert colab.missing_requirements(REQUIRES, ["torch", "onnx", "pyyaml", "onnx-script"]) == []
 
 

@@ -1,5 +1,7 @@
 """Typed configuration: layering, validation messages, serialisation, hashing."""
 
+import dataclasses
+
 import pytest
 
 from pqd_lib import config as C
@@ -116,3 +118,66 @@ def test_cell_rejects_unknown_names():
         C.cell("resnet50", "cifar10")
     with pytest.raises(C.ConfigError, match="'svhn'"):
         C.cell("resnet18", "svhn")
+
+
+# --- validation where each field is declared (issue 17) ------------------------------------------
+@pytest.mark.parametrize("build, fragments", [
+    (lambda: C.TrainConfig(epochs="ten"), ["train.epochs", "'ten'", "integer"]),
+    (lambda: dataclasses.replace(C.TrainConfig(), lr=-1.0), ["train.lr", "-1.0", "> 0"]),
+    (lambda: dataclasses.replace(C.RunConfig(), seed=-1), ["seed", "-1", ">= 0"]),
+    (lambda: C.PruneConfig(scope="local"), ["prune.scope", "'local'", "'global'", "'layerwise'"]),
+    (lambda: C.PipelineConfig(order="PPQ"), ["pipeline.order", "repeats P"]),
+    (lambda: C.MeasureConfig(batch_sizes=(1, 0)), ["measure.batch_sizes", ">= 1"]),
+    (lambda: C.RunConfig(train={"epochs": 3}), ["train", "TrainConfig"]),
+    (lambda: C.preset("smoke", train={"epochs": -2}), ["train.epochs", "-2", ">= 0"]),
+])
+def test_every_way_of_building_a_config_is_checked(build, fragments):
+    with pytest.raises(C.ConfigError) as err:
+        build()
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_construction_converts_to_the_declared_types():
+    assert C.TrainConfig(lr=1).lr == 1.0 and isinstance(C.TrainConfig(lr=1).lr, float)
+    assert C.PipelineConfig(epochs=[1, 2, 3]).epochs == (1, 2, 3)
+    assert hash(C.RunConfig()) == hash(C.RunConfig())  # still frozen and hashable
+
+
+def test_a_bad_file_value_is_refused_even_where_a_preset_overrides_it(tmp_path):
+    # A preset replacing the key used to hide the bad value: the run trained with the preset's epochs.
+    path = tmp_path / "p.yaml"
+    path.write_text('train: {epochs: "ten"}\n')
+    for preset in (None, "smoke"):
+        with pytest.raises(C.ConfigError, match=r"p\.yaml: train\.epochs: 'ten' is not an integer"):
+            C.load(path, preset=preset)
+    path.write_text("presets: {mini: {train: {lr: 0}}}\n")
+    with pytest.raises(C.ConfigError, match=r"presets\.mini: train\.lr: 0\.0 is out of range"):
+        C.load(path, preset="smoke")  # a block not layered now is still checked
+
+
+def test_cli_refuses_a_bad_file_value_under_a_preset(tmp_path, capsys):
+    from pqd_lib import cli
+
+    path = tmp_path / "p.yaml"
+    path.write_text('train: {epochs: "ten"}\n')
+    assert cli.main(["train", str(path), "--preset", "smoke", "--print-config"]) != 0
+    assert "train.epochs: 'ten'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backbone, width", [("wrn28_10", 0.02), ("resnet18", 0.005), ("vgg16_bn", 0.0001)])
+def test_a_width_that_rounds_a_layer_to_zero_channels_is_refused_at_config_time(backbone, width):
+    with pytest.raises(C.ConfigError) as err:
+        C.ModelConfig(name=backbone, width=width)
+    assert f"model.width: {width!r}" in str(err.value) and "0 channels" in str(err.value)
+    # The smallest width that keeps one channel is accepted (the smoke preset's WRN width is 0.0625).
+    C.ModelConfig(name="wrn28_10", width=1 / 32)
+
+
+def test_one_home_for_the_backbone_list():
+    from pqd_lib import backbones, batch, models
+
+    assert tuple(models.MODELS) == backbones.BACKBONES == batch.BACKBONES
+    assert set(C.PRESETS) and C.ModelConfig(name=backbones.BACKBONES[-1]).name == backbones.BACKBONES[-1]

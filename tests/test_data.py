@@ -79,7 +79,7 @@ def test_embedded_second_load_hits_cache(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(data, "_decode_images", no_decoding)
+    monkeypatch.setattr(data.sources, "_decode_images", no_decoding)
     second = data.load(cfg, cache_dir=tmp_path)
     for name in ("x_train", "y_train", "x_test", "y_test"):
         assert torch.equal(getattr(first, name), getattr(second, name))

@@ -423,7 +423,7 @@ def test_csr_kernels_match_dense(tiny):
 
 
 def test_hardware_info_fields():
-    from pqd_lib.measure.hardware import describe, hardware_info
+    from pqd_lib.hardware import describe, hardware_info
 
     info = hardware_info()
     assert info["cpu_count"] == os.cpu_count() and info["torch_version"] == torch.__version__
@@ -434,7 +434,7 @@ def test_hardware_info_fields():
 
 
 def test_hardware_info_comes_from_torch_cpu_capabilities(monkeypatch):
-    from pqd_lib.measure import hardware
+    from pqd_lib import hardware
 
     zen4 = {"architecture": "x86_64", "cpu_name": "Test CPU", "avx2": True, "avx512_f": True,
             "avx512_vnni": True, "avx512_bf16": True, "amx_int8": False}
@@ -461,13 +461,13 @@ def test_hardware_info_comes_from_torch_cpu_capabilities(monkeypatch):
     ({}, "unknown", False),
 ])
 def test_capability_class_and_int8_vnni(caps, cls, vnni):
-    from pqd_lib.measure import hardware
+    from pqd_lib import hardware
 
     assert hardware.capability_class(caps) == cls and hardware.has_int8_vnni(caps) is vnni
 
 
 def test_records_without_the_class_get_it_from_their_isa_columns():
-    from pqd_lib.measure.hardware import record_capability_class
+    from pqd_lib.hardware import record_capability_class
 
     old = {"isa_avx2": True, "isa_avx512f": True, "isa_avx512_vnni": True, "isa_avx512_bf16": True, "isa_amx": False}
     assert record_capability_class(old) == "x86-avx512-vnni"

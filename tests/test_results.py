@@ -75,8 +75,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 
 
 def test_wrong_schema_version_names_the_file_and_leaves_it(tmp_path):
-    R.append({"run_id": "r", "top1": 1.0}, tmp_path)
-    bad = tmp_path / "r" / "old.json"
+    bad = R.append({"run_id": "r", "top1": 1.0}, tmp_path).parent / "old.json"
     text = json.dumps({"schema_version": 999, "run_id": "r"})
     bad.write_text(text)
     with pytest.raises(R.ResultsError, match=r"old\.json.*schema_version 999"):
@@ -119,3 +118,87 @@ def test_replace_rewrites_only_the_same_record(tmp_path):
     R.append({"run_id": "r", "record_id": "nb-01", "top1": 2.0}, tmp_path, replace=True)
     df = R.load_results(tmp_path).sort_values("record_id")
     assert df["top1"].tolist() == [2.0, 5.0]
+
+
+# --- several machines side by side (issue 17) -----------------------------------------------------
+def _copy_tree(src, dst):
+    """What a git merge of two results folders does: the union of their files."""
+    for path in src.rglob("*.json"):
+        target = dst / path.relative_to(src)
+        assert not target.exists(), f"{target}: the same path in both folders"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+
+
+def test_two_machines_results_merge_without_loss(tmp_path, monkeypatch):
+    cfg = C.preset("smoke", data={"source": "embedded"})
+    for machine, top1 in (("lab-a", 90.0), ("laptop-b", 80.0)):
+        monkeypatch.setenv("PQD_MACHINE", machine)
+        for seed in (0, 1):  # the same run and record ids on both machines
+            R.append(R.make_record(cfg, record_id=f"01-baseline-s{seed}", top1=top1 + seed), tmp_path / machine,
+                     replace=True)
+    merged = tmp_path / "merged"
+    _copy_tree(tmp_path / "lab-a", merged)
+    _copy_tree(tmp_path / "laptop-b", merged)
+    df = R.load_results(merged)
+    assert len(df) == 4 and sorted(df["machine"].unique()) == ["lab-a", "laptop-b"]
+    assert sorted(R.load_results(merged, machine="lab-a")["top1"]) == [90.0, 91.0]
+    assert sorted(R.load_results(merged, machine="laptop-b")["top1"]) == [80.0, 81.0]
+    with pytest.raises(R.ResultsError, match="no-such.*lab-a, laptop-b"):
+        R.load_results(merged, machine="no-such")
+
+
+def test_the_machine_is_in_the_record_and_its_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("PQD_MACHINE", raising=False)
+    rec = R.make_record(None, run_id="r", top1=1.0)
+    assert rec["machine"] == R.machine_key(rec["hostname"], rec["cpu_model"], rec["cpu_count"])
+    path = R.append(rec, tmp_path)
+    assert path.relative_to(tmp_path).parts == (rec["machine"], "r", f"{rec['record_id']}.json")
+    monkeypatch.setenv("PQD_MACHINE", "bad/name")
+    with pytest.raises(R.ResultsError, match="PQD_MACHINE"):
+        R.this_machine()
+
+
+def test_migration_moves_old_records_keeping_their_content(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "migrate_results_machine.py"
+    spec = importlib.util.spec_from_file_location("migrate", script)
+    migrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migrate)
+    old = {"schema_version": R.SCHEMA_VERSION, "record_id": "01-x", "run_id": "run", "timestamp": "2026-01-01",
+           "hostname": "vm", "cpu_model": "AMD EPYC", "cpu_count": 2, "top1": 50.0}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "01-x.json").write_text(json.dumps(old))
+    assert migrate.migrate(tmp_path) == 1 and migrate.migrate(tmp_path) == 0
+    (moved,) = tmp_path.rglob("*.json")
+    assert moved.relative_to(tmp_path).parts == ("vm-amd-epyc-2c", "run", "01-x.json")
+    assert json.loads(moved.read_text()) == {**old, "machine": "vm-amd-epyc-2c"}
+    assert not (tmp_path / "run").exists()
+
+
+def test_comparisons_stay_within_one_machine(tmp_path, monkeypatch):
+    from pqd_lib import claims, report
+
+    cfg = C.preset("smoke", data={"source": "embedded"})
+    for machine in ("lab-a", "laptop-b"):
+        monkeypatch.setenv("PQD_MACHINE", machine)
+        R.append(R.make_record(cfg, record_id="01-baseline", notebook="01", kind="measured", top1=50.0), tmp_path)
+    df = R.load_results(tmp_path)
+    with pytest.raises(ValueError, match="2 machines .*lab-a, laptop-b"):
+        claims.select(df)
+    assert set(claims.select(df, machine="lab-a")["machine"]) == {"lab-a"}
+    origin = report.provenance(df)
+    assert sorted(origin["machine"]) == ["lab-a", "laptop-b"]
+
+
+def test_staged_records_are_not_loaded_and_a_write_error_names_the_file(tmp_path):
+    R.append({"run_id": "r", "record_id": "visible", "top1": 1.0}, tmp_path)
+    R.append({"run_id": "r", "record_id": "staged", "top1": 2.0}, tmp_path / ".staging" / "run" / "05_pipeline")
+    assert R.load_results(tmp_path)["record_id"].tolist() == ["visible"]
+    blocked = tmp_path / "full"
+    blocked.write_text("a file where the store's folder should be")
+    with pytest.raises(R.ResultsError) as err:
+        R.append({"run_id": "r", "record_id": "x", "top1": 1.0}, blocked)
+    assert "x.json" in str(err.value) and "cannot write" in str(err.value)

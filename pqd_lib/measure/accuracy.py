@@ -18,22 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+from .. import data as data_mod
+from ..correct_bits import pack_correct
+from ..stages.quantize import is_int8, observers_paused
+from .onnx_runtime import session
 
 __all__ = ["accuracy"]
 
 
-def _is_int8(model: nn.Module) -> bool:
-    from ..stages.quantize import is_int8  # the one home of INT8 knowledge (FX and PT2E models)
-
-    return is_int8(model)
-
-
 def _paused(model: nn.Module) -> Any:
-    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
-
     if any(isinstance(m, FakeQuantizeBase) for m in model.modules()):
-        from ..stages.quantize import observers_paused
-
         return observers_paused(model)
     return contextlib.nullcontext()
 
@@ -55,14 +51,12 @@ def accuracy(model: nn.Module | Any, data: Any = None, *, x: torch.Tensor | None
 
     Returns:
         ``{"top1": %, "top5": % or None, "n": images, "correct": top-1 hits, "correct_bits": per-image
-        top-1 hits packed 8 per byte and base64-encoded (:func:`pqd_lib.stats.pack_correct`; 1,668
+        top-1 hits packed 8 per byte and base64-encoded (:func:`pqd_lib.correct_bits.pack_correct`; 1,668
         characters for 10,000 images), for the per-image paired bootstrap between methods}``.
 
     Raises:
         ValueError: no test set given, or images that are not uint8 (N, C, H, W).
     """
-    from .. import data as data_mod
-
     if data is not None:
         x, y, mean, std = data.x_test, data.y_test, data.mean, data.std
     if x is None or y is None or mean is None or std is None:
@@ -72,11 +66,9 @@ def accuracy(model: nn.Module | Any, data: Any = None, *, x: torch.Tensor | None
     y = y.cpu()
     onnx_model = isinstance(model, (str, os.PathLike)) or hasattr(model, "run")
     if isinstance(model, (str, os.PathLike)):
-        from .onnx_runtime import session
-
         model = session(Path(model), threads=threads or (os.cpu_count() or 1))
     if not onnx_model:
-        if _is_int8(model):
+        if is_int8(model):
             device = "cpu"  # the quantized kernels are CPU-only
         elif device is None:
             device = next((t.device for t in model.parameters()), torch.device("cpu"))
@@ -107,8 +99,6 @@ def accuracy(model: nn.Module | Any, data: Any = None, *, x: torch.Tensor | None
         model.train(was_training)
     n = len(y)
     top5 = 100.0 * correct5 / n if (logits_dim or 0) >= 100 and n else None
-    from ..stats import pack_correct
-
     bits = pack_correct(torch.cat(hits).numpy()) if hits else ""
     return {"top1": 100.0 * correct1 / n if n else float("nan"), "top5": top5, "n": n, "correct": correct1,
             "correct_bits": bits}

@@ -22,7 +22,7 @@ from :class:`~pqd_lib.config.MeasureConfig` (defaults in brackets):
    never timed as a run.
 6. **Statistics**: median (p50), p90, p99, mean, sample standard deviation and the number of runs,
    in milliseconds, and images/s = batch / p50.
-7. **Record**: every result carries the machine (:func:`pqd_lib.measure.hardware.hardware_info`),
+7. **Record**: every result carries the machine (:func:`pqd_lib.hardware.hardware_info`),
    threads, batch size, runtime and model form, the child's pid and observed thread count and the
    1-minute load average when timing began.
 8. **Failures** (an operator without an INT8 kernel, a crashed or hung child, a missing file)
@@ -56,7 +56,7 @@ from torch import nn
 from ..config import MeasureConfig
 from ..deploy import (PICKLE_SUFFIX, ArtifactError, artifact_form, artifact_kind, load_artifact, model_form,
                       save_artifact, save_pickled_module)
-from .hardware import hardware_info
+from ..hardware import hardware_info
 from .runtimes import ONNX_RUNTIMES, RUNTIMES, check_runtime, default_runtime, prepare
 from .timing import check_positive, measure_callable, resolve_threads, summarize, time_runs
 

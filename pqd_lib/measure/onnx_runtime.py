@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
-from . import hardware
+from .. import hardware
 
 __all__ = [
     "OnnxError",

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["weight_tensors", "weight_sparsity", "count_params", "layer_macs", "proxies"]
 
@@ -97,8 +98,6 @@ def layer_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) 
     Raises:
         ValueError: `model` is a converted INT8 model (count on its FP32 architecture instead).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     if _int8_layers(model):
         raise ValueError("layer_macs: INT8 kernels are invisible to FlopCounterMode; count MACs on the "
                          "FP32 model of the same architecture (proxies(..., fp32_reference=...))")

@@ -61,7 +61,7 @@ import numpy as np
 from ..config import MeasureConfig
 from ..deploy import model_form, save_artifact
 from ..models import build
-from .hardware import hardware_info
+from ..hardware import hardware_info
 from .latency import child_env, error_records
 from .proxies import weight_sparsity
 from .runtimes import check_runtime, prepare

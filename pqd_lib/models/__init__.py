@@ -36,18 +36,21 @@ from typing import Any
 
 from torch import nn
 
+from ..backbones import BACKBONES, check_width
 from .resnet import resnet18
 from .vgg import vgg16_bn
 from .wrn import wrn28_10
 
 __all__ = ["MODELS", "build", "rebuild"]
 
-#: Name -> factory ``(num_classes, width) -> nn.Module``; the only place names are listed.
+#: Name -> factory ``(num_classes, width) -> nn.Module``, one per name of :data:`pqd_lib.backbones.BACKBONES`.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "wrn28_10": wrn28_10,
     "vgg16_bn": vgg16_bn,
 }
+if tuple(MODELS) != BACKBONES:  # a backbone added in one place only would half-work
+    raise ImportError(f"pqd_lib.models.MODELS {tuple(MODELS)} differs from pqd_lib.backbones.BACKBONES {BACKBONES}")
 
 
 def build(name: str, num_classes: int, width: float = 1.0) -> nn.Module:
@@ -69,6 +72,7 @@ def build(name: str, num_classes: int, width: float = 1.0) -> nn.Module:
     bad_width = isinstance(width, bool) or not isinstance(width, numbers.Real)
     if bad_width or not math.isfinite(width) or width <= 0:
         raise ValueError(f"width must be a finite number > 0; got {width!r}")
+    check_width(name, float(width))
     return MODELS[name](num_classes=int(num_classes), width=float(width))
 
 

@@ -1,23 +1,12 @@
-"""Helpers shared by the model families: the width rule and weight initialisation."""
+"""Helpers shared by the model families: the width rule (from :mod:`pqd_lib.backbones`) and weight initialisation."""
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
+from ..backbones import scale_channels
+
 __all__ = ["scale_channels", "init_weights"]
-
-
-def scale_channels(channels: int, width: float) -> int:
-    """Return ``max(1, floor(channels * width + 0.5))``: the channel count scaled by ``width``.
-
-    Rounding is half-up (not Python's half-to-even ``round``) so the rule is the one
-    written here, and at least one channel survives so tiny CPU widths still build.
-    No rounding to a multiple of 8: width 1.0 must give the published architectures
-    exactly, and small widths stay small.
-    """
-    return max(1, math.floor(channels * width + 0.5))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -15,7 +15,7 @@ step" and "carry my masks onto a rebuilt model"; Q registers "pause the observer
 evaluating", "follow the QAT freezing recipe in every training from now on" and "no bfloat16
 autocast from now on"; D reads the teacher.
 
-This package module imports none of the stages, so importing one stage never imports the others.
+This package module imports none of the stages (it imports the one training loop they share).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+
+from .. import train
 
 __all__ = ["StageContext"]
 
@@ -99,8 +101,6 @@ class StageContext:
         whatever the stage did). This is a thin call of the one training loop, not a second one.
         Stores and returns the per-epoch history.
         """
-        from .. import train  # local: keeps `import pqd_lib.stages` free of the training stack
-
         if self.replay:
             return self.history
         per_epoch = max(1, train.steps_per_epoch(data.y_train.numel(), cfg.train.batch_size))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import models, train
 from . import StageContext
 
 __all__ = ["TeacherError", "kd_loss", "kd_loss_fn", "frozen_teacher", "check_teacher", "load_teacher", "distill"]
@@ -105,8 +106,6 @@ def load_teacher(path: str | Path, *, build_fn: Callable[[], nn.Module] | None =
     Registry architectures (``resnet18``, ``wrn28_10``, ``vgg16_bn``) are rebuilt from the
     checkpoint's ``arch``; any other network needs `build_fn` returning a fresh instance.
     """
-    from .. import models, train
-
     payload = train.load_checkpoint(path)
     arch = payload.get("arch") or {}
     model = models.rebuild(arch, build_fn)
@@ -129,8 +128,6 @@ def distill(model: nn.Module, cfg: Any, data: Any, ctx: StageContext) -> nn.Modu
     Raises:
         TeacherError: no teacher in `ctx`, or a teacher with another number of classes.
     """
-    from .. import train
-
     dc = cfg.distill
     if ctx.teacher is None:
         raise TeacherError("distill: no teacher; the pipeline supplies the FP32 baseline "

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import train
 from . import StageContext
 
 __all__ = [
@@ -149,10 +150,12 @@ def update_masks(layers: dict[str, nn.Module], sparsity: float, *, scope: str = 
     counts come from ``topk`` (a threshold with ties could prune more). Masks are created if
     missing and applied to the weights.
     """
+    # Arguments of a public function (the schedule's intermediate sparsities, or a direct caller),
+    # not config keys: the config's own values are checked where PruneConfig declares them.
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"prune.target_sparsity: {sparsity!r} is out of range; allowed: >= 0 and < 1")
+        raise ValueError(f"update_masks: sparsity {sparsity!r} is out of range; allowed: >= 0 and < 1")
     if scope not in ("global", "layerwise"):
-        raise ValueError(f"prune.scope: {scope!r} is not allowed; choose 'global' or 'layerwise'")
+        raise ValueError(f"update_masks: scope {scope!r} is not allowed; choose 'global' or 'layerwise'")
     _ensure_masks(layers)
     modules = list(layers.values())
     if not modules:
@@ -275,11 +278,7 @@ def prune(model: nn.Module, cfg: Any, data: Any, ctx: StageContext) -> nn.Module
     Optimiser: ``cfg.prune.lr`` (0.01, a tenth of the baseline rate: fine-tuning),
     ``cfg.prune.momentum``, ``cfg.prune.weight_decay``; schedule and batch size from ``cfg.train``.
     """
-    from .. import train  # local: the training stack is only needed when a stage actually runs
-
-    pc = cfg.prune
-    if not 0.0 <= pc.target_sparsity < 1.0:
-        raise ValueError(f"prune.target_sparsity: {pc.target_sparsity!r} is out of range; allowed: >= 0 and < 1")
+    pc = cfg.prune  # validated where declared (PruneConfig)
     layers = prunable_layers(model, prune_first_conv=pc.prune_first_conv, prune_classifier=pc.prune_classifier)
     if not layers:
         raise ValueError("prune: the model has no conv/linear layer left to prune (first conv and classifier are "

@@ -48,7 +48,7 @@ targets with AVX-512 VNNI. Why, by measurement:
 So full range is refused where it would be wrong: stage Q and :func:`convert` raise
 :class:`ActivationRangeError` on a CPU without AVX-512 VNNI (one line naming the fix; ``convert``'s
 ``allow_saturation=True`` overrides), deploy files record the range and ``load_deploy`` refuses
-the same way (:func:`pqd_lib.measure.hardware.has_int8_vnni` decides).
+the same way (:func:`pqd_lib.hardware.has_int8_vnni` decides).
 
 The weights differ from ``get_default_qat_qconfig_mapping("x86")`` too, deliberately: its *fused*
 per-channel weight fake-quant stores the symmetric scale as max|w| / 127 while ``convert_fx``
@@ -92,7 +92,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..measure import hardware
+from .. import hardware
 from . import StageContext
 
 __all__ = [
@@ -172,7 +172,7 @@ def check_activation_range(reduce_range: bool, backend: str = "x86", *, allow_sa
     range would compute wrong sums with `backend`'s kernels on this CPU.
 
     Full-range activations (``reduce_range=False``) are exact only where the x86 kernels have VNNI
-    (:func:`pqd_lib.measure.hardware.has_int8_vnni`); 0..127 activations are exact everywhere.
+    (:func:`pqd_lib.hardware.has_int8_vnni`); 0..127 activations are exact everywhere.
     `allow_saturation` skips the check, for users who know the model never reaches the
     saturating sums (or who convert here to deploy on a VNNI CPU). `where` starts the message.
     """
