@@ -245,6 +245,10 @@ class QuantizeConfig(_Section, section='quantize'):
     # False: the paper's full 0..255, an explicit opt-in for deploy targets with AVX-512 VNNI;
     # stage Q, convert and load_deploy refuse it on a CPU without (one line naming the fix).
     reduce_range: bool = True
+    # Quantization flow: "fx" is torch.ao's FX graph mode (deprecated in torch 2.14, the reference
+    # until PT2E reaches parity on the mini grid), "pt2e" torchao's torch.export-based QAT, the
+    # maintained path (x86 backend only). See pqd_lib/stages/quantize_pt2e.py.
+    engine: Literal["fx", "pt2e"] = "fx"
     # torchvision's QAT recipe fine-tunes with lr 1e-4 at batch 32 (4e-4 at batch 128 by linear
     # scaling); we use 1e-3 because the CPU presets give Q only a few epochs to adapt.
     lr: float = _f(0.001, gt=0)

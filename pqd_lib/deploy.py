@@ -85,6 +85,9 @@ def save_deploy(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, An
                           "(pipeline.deploy_form or stages.quantize.convert)")
     if is_int8 != (form == "int8"):
         raise DeployError(f"save_deploy: form {form!r} but the model is {'INT8' if is_int8 else 'FP32'}")
+    if is_int8 and (quantize_stage.int8_settings(model) or {}).get("engine") == "pt2e":
+        raise DeployError("save_deploy: a PT2E INT8 graph (quantize.engine pt2e) is saved as a torch.export "
+                          "program or ONNX: stages.quantize_pt2e.save_program / save_onnx")
     quantize = {"backend": None, "reduce_range": None}
     if is_int8:
         quantize = _int8_settings(model, path, backend=backend, reduce_range=reduce_range)
@@ -247,17 +250,11 @@ class ArtifactError(ValueError):
     """A model artifact is missing, unreadable or of an unknown kind; the message names the path."""
 
 
-def _is_int8(model: nn.Module) -> bool:
-    from .measure.proxies import _quantized_weight
-
-    return any(_quantized_weight(m) is not None for m in model.modules())
-
-
 def model_form(model: nn.Module) -> str:
     """``"int8"`` (quantized conv/linear weights), ``"fp32-sparse"`` (>= 1 % exact-zero weights) or ``"fp32"``."""
     from .measure.proxies import weight_sparsity
 
-    if _is_int8(model):
+    if quantize_stage.is_int8(model):
         return "int8"
     return "fp32-sparse" if weight_sparsity(model) >= SPARSE_FORM_THRESHOLD else "fp32"
 
@@ -281,7 +278,7 @@ def save_artifact(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, 
     """
     path = Path(path)
     arch = arch or getattr(model, "pqd_arch", None)
-    int8 = _is_int8(model)
+    int8 = quantize_stage.is_int8(model)
     if arch is not None:
         return save_deploy(model, path, arch=dict(arch), form="int8" if int8 else "fp32",
                            backend=backend, reduce_range=reduce_range,

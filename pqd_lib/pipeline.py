@@ -298,9 +298,10 @@ def compress(model: nn.Module, data: data_mod.DataSplits, order: str = "PQD", te
     """Compress a trained `model` with the ordered pipeline of Zhou & Shen (2026); return (deploy_model, records).
 
     Args:
-        model: the trained FP32 network to start from (left unchanged). It must trace with
-            ``torch.fx`` when Q is in the order (conv-BN-ReLU as modules in fusable order, residual
-            additions through ``FloatFunctional``).
+        model: the trained FP32 network to start from (left unchanged). When Q is in the order it
+            must trace with ``torch.fx`` (engine ``fx``: conv-BN-ReLU as modules in fusable order,
+            residual additions through ``FloatFunctional``) or export with ``torch.export`` (engine
+            ``pt2e``: plain ``+`` and functional ReLU are fine; no data-dependent Python control flow).
         data: a :class:`~pqd_lib.data.DataSplits` (e.g. ``data.load(...)`` or ``DataSplits.from_tensors``).
         order: letters P (prune), Q (quantize), D (distill), each at most once, run left to right.
         teacher: the FP32 teacher for D. None with D in the order: ``config.distill.teacher`` if set,

@@ -22,15 +22,10 @@ from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from .. import data as data_mod
 from ..correct_bits import pack_correct
-from ..stages.quantize import observers_paused
+from ..stages.quantize import is_int8, observers_paused
 from .onnx_runtime import session
-from .proxies import _quantized_weight
 
 __all__ = ["accuracy"]
-
-
-def _is_int8(model: nn.Module) -> bool:
-    return any(_quantized_weight(m) is not None for m in model.modules())
 
 
 def _paused(model: nn.Module) -> Any:
@@ -73,7 +68,7 @@ def accuracy(model: nn.Module | Any, data: Any = None, *, x: torch.Tensor | None
     if isinstance(model, (str, os.PathLike)):
         model = session(Path(model), threads=threads or (os.cpu_count() or 1))
     if not onnx_model:
-        if _is_int8(model):
+        if is_int8(model):
             device = "cpu"  # the quantized kernels are CPU-only
         elif device is None:
             device = next((t.device for t in model.parameters()), torch.device("cpu"))

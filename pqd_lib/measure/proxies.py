@@ -32,26 +32,10 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = ["weight_tensors", "weight_sparsity", "count_params", "layer_macs", "proxies"]
 
 
-def _quantized_weight(module: nn.Module) -> torch.Tensor | None:
-    w = getattr(module, "weight", None)
-    if callable(w) and not isinstance(w, torch.Tensor):
-        try:
-            t = w()
-        except Exception:  # a module whose weight() is not the quantized accessor
-            return None
-        if isinstance(t, torch.Tensor) and t.is_quantized:
-            return t
-    return None
+def _int8_layers(model: nn.Module) -> dict[str, Any]:
+    from ..stages.quantize import int8_layers  # the one reader of INT8 weights (FX and PT2E models)
 
-
-def _quantized_bias(module: nn.Module) -> torch.Tensor | None:
-    b = getattr(module, "bias", None)
-    if callable(b) and not isinstance(b, torch.Tensor):
-        try:
-            return b()
-        except Exception:
-            return None
-    return b if isinstance(b, torch.Tensor) else None
+    return int8_layers(model)
 
 
 def weight_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -60,12 +44,10 @@ def weight_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     Fake-quant (QAT) modules report their float weights; a weight shared by several modules is
     listed once.
     """
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {name: q.values for name, q in _int8_layers(model).items()}
     seen: set[int] = set()
     for name, m in model.named_modules():
-        q = _quantized_weight(m)
-        if q is not None:
-            out[name] = q.int_repr()
+        if name in out:
             continue
         w = getattr(m, "weight", None)
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(w, torch.Tensor):
@@ -86,21 +68,21 @@ def weight_sparsity(model: nn.Module) -> float:
 def count_params(model: nn.Module) -> dict[str, int]:
     """``{"params", "nonzero_params"}`` of `model` (see the module docstring for INT8 models)."""
     params = list(model.parameters())
-    if params and not any(_quantized_weight(m) is not None for m in model.modules()):
+    layers = _int8_layers(model)
+    if params and not layers:
         return {"params": sum(p.numel() for p in params),
                 "nonzero_params": sum(int(torch.count_nonzero(p)) for p in params)}
     total = nonzero = 0
-    for m in model.modules():
-        qw = _quantized_weight(m)
-        if qw is None:
-            continue
-        for t in (qw, _quantized_bias(m)):
+    for q in layers.values():
+        for t in (q.values, q.bias):
             if t is None:
                 continue
-            t = t.int_repr() if t.is_quantized else t
             total += t.numel()
             nonzero += int(torch.count_nonzero(t))
+    biases = {id(q.bias) for q in layers.values() if q.bias is not None}  # counted above
     for p in params:  # float parameters left in an INT8 model (none for the pqd backbones)
+        if id(p) in biases:
+            continue
         total += p.numel()
         nonzero += int(torch.count_nonzero(p))
     return {"params": total, "nonzero_params": nonzero}
@@ -116,7 +98,7 @@ def layer_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) 
     Raises:
         ValueError: `model` is a converted INT8 model (count on its FP32 architecture instead).
     """
-    if any(_quantized_weight(m) is not None for m in model.modules()):
+    if _int8_layers(model):
         raise ValueError("layer_macs: INT8 kernels are invisible to FlopCounterMode; count MACs on the "
                          "FP32 model of the same architecture (proxies(..., fp32_reference=...))")
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
@@ -155,7 +137,7 @@ def proxies(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32), *,
     Raises:
         ValueError: an INT8 `model` without `fp32_reference`.
     """
-    is_int8 = any(_quantized_weight(m) is not None for m in model.modules())
+    is_int8 = bool(_int8_layers(model))
     if is_int8 and fp32_reference is None:
         raise ValueError("proxies: an INT8 model needs fp32_reference (e.g. models.build(**arch)) to count MACs")
     macs = layer_macs(fp32_reference if is_int8 else model, input_shape)

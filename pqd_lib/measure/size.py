@@ -79,21 +79,6 @@ def binary_entropy(p: float) -> float:
     return -p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)
 
 
-def _quantized_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    w = getattr(module, "weight", None)
-    if not callable(w) or isinstance(w, torch.Tensor):
-        return None
-    try:
-        qw = w()
-    except Exception:
-        return None
-    if not (isinstance(qw, torch.Tensor) and qw.is_quantized):
-        return None
-    b = getattr(module, "bias", None)
-    bias = b() if callable(b) and not isinstance(b, torch.Tensor) else b
-    return qw, bias if isinstance(bias, torch.Tensor) else None
-
-
 def layer_encodings(model: nn.Module) -> list[dict[str, Any]]:
     """Per conv/linear layer, the counts the sparse encoding is made of.
 
@@ -101,24 +86,17 @@ def layer_encodings(model: nn.Module) -> list[dict[str, Any]]:
     ``zero_points`` (per-channel quantization parameters of the weight; 0 for FP32), ``bias``
     (elements), ``state_keys`` (the state-dict keys the layer accounts for).
     """
+    from ..stages.quantize import int8_layers  # the one reader of INT8 weights (FX and PT2E models)
+
     out = []
+    for name, q in int8_layers(model).items():
+        # Activation scales/zero points are not the layer's: left to the 'rest'.
+        out.append({"layer": name, "numel": q.values.numel(), "nonzero": int(torch.count_nonzero(q.values)),
+                    "value_bytes": 1, "scales": q.qparams, "zero_points": q.qparams,
+                    "bias": 0 if q.bias is None else q.bias.numel(), "state_keys": set(q.state_keys)})
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
-        parts = _quantized_parts(m)
-        if parts is not None:
-            qw, bias = parts
-            values = qw.int_repr()
-            if qw.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
-                                torch.per_channel_affine_float_qparams):
-                n_q = qw.q_per_channel_scales().numel()
-            else:
-                n_q = 1
-            # The layer's output scale/zero point are activation parameters: left to the 'rest'.
-            keys = set(m.state_dict(prefix=prefix)) - {f"{prefix}scale", f"{prefix}zero_point"}
-            out.append({"layer": name, "numel": values.numel(), "nonzero": int(torch.count_nonzero(values)),
-                        "value_bytes": 1, "scales": n_q, "zero_points": n_q,
-                        "bias": 0 if bias is None else bias.numel(), "state_keys": keys})
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             w = m.weight.detach()
             out.append({"layer": name, "numel": w.numel(), "nonzero": int(torch.count_nonzero(w)),
                         "value_bytes": w.element_size(), "scales": 0, "zero_points": 0,

@@ -80,14 +80,26 @@ def prunable_layers(model: nn.Module, *, prune_first_conv: bool = False,
     "The State of Sparsity in Deep Neural Networks": they are small and sensitive). The same
     names are found on the FP32 model and on its QAT-prepared graph.
     """
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-    convs = [n for n, m in layers.items() if not isinstance(m, nn.Linear)]
-    linears = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
+    layers = _weight_layers(model)
+    # A linear layer's weight is 2-D, a convolution's 3- to 5-D (also on an exported graph's containers).
+    convs = [n for n, m in layers.items() if m.weight.dim() != 2]
+    linears = [n for n, m in layers.items() if m.weight.dim() == 2]
     if convs and not prune_first_conv:
         layers.pop(convs[0])
     if linears and not prune_classifier:
         layers.pop(linears[-1])
     return layers
+
+
+def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv/linear modules by qualified name; on a PT2E graph (stage Q, engine pt2e) the containers of
+    their weights, which ``torch.export`` keeps under the same names but no longer as ``nn.Conv2d``."""
+    if isinstance(model, torch.fx.GraphModule):
+        from . import quantize_pt2e  # local: importing P never imports Q's machinery otherwise
+
+        if quantize_pt2e.is_exported(model):
+            return quantize_pt2e.weight_layers(model)
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
 
 
 def cubic_sparsity(t: float, T: float, final: float, initial: float = 0.0) -> float:
@@ -234,7 +246,7 @@ def without_masks(state_dict: dict[str, Any]) -> dict[str, Any]:
 
 def float_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The float ``weight`` of every conv/linear module (FP32 or QAT-prepared) by qualified name."""
-    return {name: m.weight.detach() for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    return {name: m.weight.detach() for name, m in _weight_layers(model).items()}
 
 
 def sparsity_of(weights: dict[str, torch.Tensor], names: list[str] | None = None) -> dict[str, float]:

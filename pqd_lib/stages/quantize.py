@@ -67,6 +67,13 @@ ONNX Runtime INT8 3.3 ms. Every use of the quantization API is in this module, s
 is a local change; the deprecation warnings are silenced here only, inside each call
 (:func:`_quiet`), never globally.
 
+Two engines (``cfg.quantize.engine``): ``"fx"``, described above, and ``"pt2e"``, torchao's
+``torch.export``-based QAT with the same scheme and schedule (:mod:`pqd_lib.stages.quantize_pt2e`),
+the maintained successor. The functions here dispatch on the model they are given, so the stage,
+the pipeline and ``measure`` ask one place whatever the engine: :func:`is_fake_quant`,
+:func:`is_int8`, :func:`int8_layers` / :func:`int8_weights` (the one reader of INT8 weights for sizes,
+proxies and sparsity), :func:`convert`, :func:`observers_paused` and the freezing functions.
+
 Learning rate: ``cfg.quantize.lr = 0.001``, the config's default and a hundredth of the baseline
 rate: QAT only fine-tunes. torchvision's QAT reference uses 1e-4 at batch 32 per GPU; the config
 comment on ``QuantizeConfig.lr`` says how it scales that to batch 128.
@@ -106,6 +113,7 @@ __all__ = [
     "int8_skeleton",
     "is_fake_quant",
     "is_int8",
+    "int8_layers",
     "int8_weights",
     "fidelity",
     "qat_schedule",
@@ -178,7 +186,10 @@ def check_activation_range(reduce_range: bool, backend: str = "x86", *, allow_sa
 
 def activation_reduce_range(model: nn.Module) -> bool | None:
     """The activation range of a QAT-prepared `model`: True if every uint8 activation fake-quant stops at
-    127 (``reduce_range``), False if one uses 0..255, None if it has none (not QAT-prepared)."""
+    127 (``reduce_range``), False if one uses 0..255, None if it has none (not QAT-prepared). FX or PT2E."""
+    if _is_pt2e(model):
+        maxima = [int(m.quant_max) for m in _pt2e().fake_quants(model) if getattr(m, "dtype", None) == torch.uint8]
+        return None if not maxima else max(maxima) <= 127
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
     maxima = [int(m.quant_max) for m in model.modules()
@@ -245,8 +256,11 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def prepare_qat(model: nn.Module, *, backend: str = "x86", reduce_range: bool = True,
-                example_inputs: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
-    """FX graph-mode QAT prepare of a copy of `model` (the input is left untouched); returns it in train mode.
+                example_inputs: tuple[torch.Tensor, ...] | None = None, engine: str = "fx") -> nn.Module:
+    """QAT prepare of a copy of `model` (the input is left untouched); returns it in train mode.
+
+    ``engine="pt2e"``: torchao's PT2E flow (:func:`pqd_lib.stages.quantize_pt2e.prepare_qat`, x86
+    backend only); ``"fx"``: torch.ao's FX graph mode, as follows.
 
     Fuses conv-BN(-ReLU) into QAT modules named like the conv and inserts fake-quants with
     :func:`qconfig_mapping`. Module state that is not a parameter of a standard module (e.g.
@@ -256,11 +270,18 @@ def prepare_qat(model: nn.Module, *, backend: str = "x86", reduce_range: bool = 
         BackendError: `backend` is not among ``torch.backends.quantized.supported_engines``.
         ValueError: `model` is already fake-quantized or converted.
     """
-    from torch.ao.quantization.quantize_fx import prepare_qat_fx
-
     _use_backend(backend)
     if is_fake_quant(model) or is_int8(model):
         raise ValueError("quantize: the model is already quantization-aware or INT8; Q runs at most once")
+    if engine == "pt2e":
+        if backend != "x86":
+            raise BackendError(f"quantize.backend: {backend!r} with quantize.engine 'pt2e'; PT2E here targets "
+                               "'x86' only (set quantize.backend: x86, or quantize.engine: fx)")
+        return _pt2e().prepare_qat(model, reduce_range=reduce_range, example_inputs=example_inputs)
+    if engine != "fx":
+        raise ValueError(f"quantize.engine: {engine!r} is not allowed; choose 'pt2e' or 'fx'")
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
     model = copy.deepcopy(model).train()
     if example_inputs is None:
         example_inputs = (torch.zeros(1, 3, 32, 32, device=_device_of(model)),)
@@ -268,8 +289,21 @@ def prepare_qat(model: nn.Module, *, backend: str = "x86", reduce_range: bool = 
         return prepare_qat_fx(model, qconfig_mapping(backend, reduce_range=reduce_range), example_inputs)
 
 
+def _pt2e() -> Any:
+    """The PT2E implementation module (imported on first use: it imports torchao)."""
+    from . import quantize_pt2e
+
+    return quantize_pt2e
+
+
+def _is_pt2e(model: nn.Module) -> bool:
+    return _pt2e().is_exported(model)
+
+
 def freeze_observers(model: nn.Module) -> None:
     """Stop updating quantization ranges (torchvision QAT recipe: after ``num_observer_update_epochs``)."""
+    if _is_pt2e(model):
+        return _pt2e().freeze_observers(model)
     from torch.ao.quantization import disable_observer
 
     model.apply(disable_observer)
@@ -277,6 +311,8 @@ def freeze_observers(model: nn.Module) -> None:
 
 def freeze_bn_stats(model: nn.Module) -> None:
     """Stop updating BatchNorm running statistics of the fused QAT modules (torchvision QAT recipe)."""
+    if _is_pt2e(model):
+        return _pt2e().freeze_bn_stats(model)
     from torch.ao.nn.intrinsic.qat import freeze_bn_stats as _freeze
 
     model.apply(_freeze)
@@ -286,9 +322,12 @@ def freeze_bn_stats(model: nn.Module) -> None:
 def observers_paused(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block no observer updates its range (restored afterwards): evaluation must not
     move quantization ranges with test images (a fake-quant observes in eval mode too)."""
-    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+    if _is_pt2e(model):
+        fqs = _pt2e().fake_quants(model)
+    else:
+        from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
-    fqs = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+        fqs = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
     saved = [m.observer_enabled.clone() for m in fqs]
     for m in fqs:
         m.disable_observer()
@@ -330,6 +369,13 @@ def convert(model: nn.Module, *, backend: str = "x86", allow_saturation: bool = 
         ActivationRangeError: full-range activations on a CPU without AVX-512 VNNI, where the INT8
             kernels would give wrong outputs (:func:`check_activation_range`; `allow_saturation` overrides).
     """
+    if _is_pt2e(model) and _pt2e().is_fake_quant(model):
+        # PT2E: an INT8 graph for inductor's oneDNN kernels (x86), whose u8 x s8 arithmetic needs the same range.
+        reduce_range = bool(activation_reduce_range(model))
+        check_activation_range(reduce_range, "x86", allow_saturation=allow_saturation, where="quantize.convert")
+        int8 = _pt2e().convert(model)
+        int8.meta[_META_KEY] = {"backend": "x86", "reduce_range": reduce_range, "engine": "pt2e"}
+        return int8
     from torch.ao.quantization.quantize_fx import convert_fx
 
     _use_backend(backend)
@@ -360,25 +406,49 @@ def int8_skeleton(model: nn.Module, *, backend: str = "x86", reduce_range: bool 
 
 
 def is_fake_quant(model: nn.Module) -> bool:
-    """True for a QAT-prepared model (it contains fake-quant modules)."""
+    """True for a QAT-prepared model (it contains fake-quant modules), FX or PT2E."""
+    if _is_pt2e(model):
+        return _pt2e().is_fake_quant(model)
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
     return any(isinstance(m, FakeQuantizeBase) for m in model.modules())
 
 
-def int8_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The integer weights (``int_repr()``) of every quantized conv/linear module, by qualified name."""
+def int8_layers(model: nn.Module) -> dict[str, Any]:
+    """Every quantized conv/linear layer of an INT8 model (FX or PT2E), by qualified name: the one reader of
+    INT8 weights that sizes, proxies and sparsity use.
+
+    Values are :class:`pqd_lib.stages.quantize_pt2e.Int8Layer` (integer weights, number of weight
+    scales, float bias, the state-dict keys the layer accounts for). Empty for FP32 and fake-quant models.
+    """
+    if _is_pt2e(model):
+        return _pt2e().int8_layers(model)
+    layer_type = _pt2e().Int8Layer
     out = {}
     for name, m in model.named_modules():
-        w = getattr(m, "weight", None)
-        if callable(w) and not isinstance(w, torch.Tensor):
-            try:
-                t = w()
-            except Exception:  # a module whose weight() is not the quantized accessor
-                continue
-            if isinstance(t, torch.Tensor) and t.is_quantized:
-                out[name] = t.int_repr()
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        if not callable(w) or isinstance(w, torch.Tensor):
+            continue
+        try:
+            t = w()
+        except Exception:  # a module whose weight() is not the quantized accessor
+            continue
+        if not (isinstance(t, torch.Tensor) and t.is_quantized):
+            continue
+        per_channel = t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                                      torch.per_channel_affine_float_qparams)
+        bias = b() if callable(b) and not isinstance(b, torch.Tensor) else b
+        prefix = f"{name}." if name else ""
+        # The module's output scale/zero point are activation parameters, not the layer's.
+        keys = frozenset(set(m.state_dict(prefix=prefix)) - {f"{prefix}scale", f"{prefix}zero_point"})
+        out[name] = layer_type(values=t.int_repr(), qparams=t.q_per_channel_scales().numel() if per_channel else 1,
+                               bias=bias if isinstance(bias, torch.Tensor) else None, state_keys=keys)
     return out
+
+
+def int8_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The integer weights of every quantized conv/linear layer, by qualified name (FX or PT2E INT8 model)."""
+    return {name: layer.values for name, layer in int8_layers(model).items()}
 
 
 def is_int8(model: nn.Module) -> bool:
@@ -432,16 +502,13 @@ def qat_schedule(model: nn.Module, total_steps: int, steps_per_epoch: int, *, fr
     from 61 % to 24 % top-1 in one epoch with everything frozen, and stayed at 61 % with this.
     Returns ``(after_step hooks, on_epoch_start hooks)`` for :func:`pqd_lib.train.fit`.
     """
-    from torch.ao.nn.intrinsic.qat import update_bn_stats
-    from torch.ao.quantization import enable_observer
-
     obs_at = round(freeze_observers_after * total_steps)
     bn_at = round(freeze_bn_after * total_steps)
     if total_steps > 0:  # a stage without steps leaves the model as it is
         if obs_at > 0:
-            model.apply(enable_observer)
+            _enable_observers(model)
         if bn_at > 0:
-            model.apply(update_bn_stats)
+            _update_bn_stats(model)
     state = {"t": 0, "obs": total_steps == 0, "bn": total_steps == 0}
 
     def sync() -> None:
@@ -462,6 +529,22 @@ def qat_schedule(model: nn.Module, total_steps: int, steps_per_epoch: int, *, fr
         sync()
 
     return [after_step], [on_epoch_start]
+
+
+def _enable_observers(model: nn.Module) -> None:
+    if _is_pt2e(model):
+        return _pt2e().enable_observers(model)
+    from torch.ao.quantization import enable_observer
+
+    model.apply(enable_observer)
+
+
+def _update_bn_stats(model: nn.Module) -> None:
+    if _is_pt2e(model):
+        return _pt2e().update_bn_stats(model)
+    from torch.ao.nn.intrinsic.qat import update_bn_stats
+
+    model.apply(update_bn_stats)
 
 
 def quantize(model: nn.Module, cfg: Any, data: Any, ctx: StageContext) -> nn.Module:
@@ -493,7 +576,7 @@ def quantize(model: nn.Module, cfg: Any, data: Any, ctx: StageContext) -> nn.Mod
     check_activation_range(qc.reduce_range, qc.backend)
     device = train.resolve_device(cfg.train.device)
     prepared = prepare_qat(model.to(device), backend=qc.backend, reduce_range=qc.reduce_range,
-                           example_inputs=example_inputs(data, device))
+                           example_inputs=example_inputs(data, device), engine=qc.engine)
     ctx.replace_model(model, prepared)
     ctx.fake_quant = True
     ctx.eval_context = observers_paused
@@ -508,7 +591,7 @@ def quantize(model: nn.Module, cfg: Any, data: Any, ctx: StageContext) -> nn.Mod
     if total == 0:
         freeze_observers(prepared)  # post-training quantization: the calibrated ranges are final
         freeze_bn_stats(prepared)
-    ctx.extra.update({"backend": qc.backend, "reduce_range": qc.reduce_range, "stage_steps": total,
+    ctx.extra.update({"engine": qc.engine, "backend": qc.backend, "reduce_range": qc.reduce_range, "stage_steps": total,
                       "freeze_observers_step": round(qc.freeze_observers_after * total),
                       "freeze_bn_step": round(qc.freeze_bn_after * total)})
     return prepared
