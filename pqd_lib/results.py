@@ -1,7 +1,7 @@
 """Run records: one tidy JSON file per record, appended atomically, read back as one pandas DataFrame.
 
 Layout: ``<results_dir>/<machine>/<run_id>/<record_id>.json``. The machine is part of a record's
-identity (``$PQD_MACHINE``, else :func:`machine_key` of the host name, CPU model and core count):
+identity (``$PQD_MACHINE``, else :func:`machine_key` of the host name, CPU model, capability class and cores):
 records of several machines sit side by side, and two results folders merge (by copying, or by
 git) without one machine's records replacing another's; :func:`load_results` can keep one machine. Each record is its own file, written to a
 temporary name in the same directory and renamed into place (``os.replace``, atomic on POSIX and
@@ -40,7 +40,7 @@ from .config import RunConfig, config_hash, to_dict
 from .config import run_id as run_id_of  # `run_id` is also a record field and a parameter name
 from ._atomic import atomic_write_text
 from .labels import Kind, Notebook
-from .hardware import hardware_info
+from .hardware import hardware_info, record_capability_class
 
 __all__ = ["SCHEMA_VERSION", "DEFAULT_RESULTS_DIR", "COLUMNS", "ResultsError", "code_version", "make_record",
            "append", "record_measurements", "record_stages", "load_results"]
@@ -81,14 +81,21 @@ def code_version(where: str | os.PathLike | None = None) -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
-def machine_key(hostname: str | None, cpu_model: str | None, cpu_count: int | None) -> str:
-    """A machine's name in records and paths: ``<host>-<cpu model words>-<cores>c``, e.g. ``vm-amd-epyc-2c``.
+def machine_key(info: Mapping[str, Any]) -> str:
+    """A machine's name in records and paths: ``<host>-<cpu model>-<capability class>-<cores>c``.
 
-    Host name alone is not enough (containers are often all called the same); the CPU model and core
-    count also keep latency figures of different hardware apart.
+    `info` is a record or :func:`pqd_lib.hardware.hardware_info` with ``hostname``. Host name and CPU
+    model are not enough: containers are often all called the same, and one cloud's "AMD EPYC, 2
+    cores" was a Zen 4 with AVX-512 VNNI on one day and an AVX2-only CPU on another, whose INT8
+    numerics and speed differ. The capability class (``x86-avx2``, ``x86-avx512-vnni``, ...;
+    :func:`pqd_lib.hardware.record_capability_class`, derived from the ``isa_*`` fields for older
+    records) keeps them apart, e.g. ``vm-amd-epyc-x86-avx2-2c``.
     """
-    words = [w for w in (hostname, cpu_model, f"{cpu_count}c" if cpu_count else None) if w]
-    return re.sub(r"[^a-z0-9]+", "-", " ".join(words).lower()).strip("-") or "unknown-machine"
+    cls = record_capability_class(info)
+    cores = info.get("cpu_count")
+    words = [info.get("hostname"), info.get("cpu_model"), cls if cls != "unknown" else None,
+             f"{cores}c" if cores else None]
+    return re.sub(r"[^a-z0-9]+", "-", " ".join(w for w in words if w).lower()).strip("-") or "unknown-machine"
 
 
 def this_machine() -> str:
@@ -103,8 +110,7 @@ def this_machine() -> str:
             raise ResultsError(f"PQD_MACHINE: {chosen!r} is not allowed; use letters, digits, '.', '_' and '-' "
                                "(it names a folder of the results store)")
         return chosen
-    info = hardware_info()
-    return machine_key(platform.node(), info.get("cpu_model"), info.get("cpu_count"))
+    return machine_key({"hostname": platform.node(), **hardware_info()})
 
 
 def _now() -> str:
@@ -264,8 +270,7 @@ def load_results(results_dir: str | os.PathLike | None = None, *, machine: str |
         if version != SCHEMA_VERSION:
             raise ResultsError(f"{path}: record schema_version {version!r}, but this pqd reads version "
                                f"{SCHEMA_VERSION}; regenerate it or load it with the pqd version that wrote it")
-        record.setdefault("machine", machine_key(record.get("hostname"), record.get("cpu_model"),
-                                                 record.get("cpu_count")))
+        record.setdefault("machine", machine_key(record))
         rows.append(record)
     if machine is not None:
         present = sorted({r["machine"] for r in rows})

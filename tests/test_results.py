@@ -151,7 +151,8 @@ def test_two_machines_results_merge_without_loss(tmp_path, monkeypatch):
 def test_the_machine_is_in_the_record_and_its_path(tmp_path, monkeypatch):
     monkeypatch.delenv("PQD_MACHINE", raising=False)
     rec = R.make_record(None, run_id="r", top1=1.0)
-    assert rec["machine"] == R.machine_key(rec["hostname"], rec["cpu_model"], rec["cpu_count"])
+    assert rec["machine"] == R.machine_key(rec)
+    assert rec["cpu_capability_class"] in rec["machine"]
     path = R.append(rec, tmp_path)
     assert path.relative_to(tmp_path).parts == (rec["machine"], "r", f"{rec['record_id']}.json")
     monkeypatch.setenv("PQD_MACHINE", "bad/name")
@@ -176,6 +177,33 @@ def test_migration_moves_old_records_keeping_their_content(tmp_path):
     assert moved.relative_to(tmp_path).parts == ("vm-amd-epyc-2c", "run", "01-x.json")
     assert json.loads(moved.read_text()) == {**old, "machine": "vm-amd-epyc-2c"}
     assert not (tmp_path / "run").exists()
+
+
+def test_same_cpu_name_different_capabilities_are_different_machines(tmp_path):
+    """A Zen 4 (AVX-512 VNNI) and an AVX2-only EPYC both report "AMD EPYC, 2 cores": their records must
+    not share a machine, and the migration re-keys records named with the first key."""
+    import importlib.util
+    from pathlib import Path
+
+    base = {"schema_version": R.SCHEMA_VERSION, "run_id": "run", "timestamp": "2026-01-01",
+            "hostname": "vm", "cpu_model": "AMD EPYC", "cpu_count": 2, "machine": "vm-amd-epyc-2c"}
+    zen4 = {**base, "record_id": "zen4", "isa_avx2": True, "isa_avx512f": True, "isa_avx512_vnni": True}
+    avx2 = {**base, "record_id": "avx2", "cpu_capability_class": "x86-avx2"}
+    chosen = {**base, "record_id": "mine", "machine": "my-lab"}
+    assert R.machine_key(zen4) == "vm-amd-epyc-x86-avx512-vnni-2c"
+    assert R.machine_key(avx2) == "vm-amd-epyc-x86-avx2-2c"
+    for rec in (zen4, avx2, chosen):
+        folder = tmp_path / rec["machine"] / "run"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{rec['record_id']}.json").write_text(json.dumps(rec))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "migrate_results_machine.py"
+    spec = importlib.util.spec_from_file_location("migrate", script)
+    migrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migrate)
+    assert migrate.migrate(tmp_path) == 2 and migrate.migrate(tmp_path) == 0
+    df = R.load_results(tmp_path)
+    assert sorted(df["machine"]) == ["my-lab", "vm-amd-epyc-x86-avx2-2c", "vm-amd-epyc-x86-avx512-vnni-2c"]
+    assert not (tmp_path / "vm-amd-epyc-2c").exists()
 
 
 def test_comparisons_stay_within_one_machine(tmp_path, monkeypatch):
