@@ -544,8 +544,11 @@ def c6(df: pd.DataFrame) -> list[dict[str, str]]:
 
 
 def verdicts(df: pd.DataFrame) -> pd.DataFrame:
-    """The verdict table: claim, statement, verdict, evidence (numbers and tests), figure behind it."""
-    rows = [*_c1(df), *_c2(df), *_c3(df), *_c4(df), *_c5(df), *c6(df)]
+    """The verdict table of one cell (C1-C5): claim, statement, verdict, evidence (numbers and tests), figure.
+
+    C6 (latency at full width, no training) is a machine's claim, decided by :func:`c6` over every cell;
+    ``pqd report`` writes it to ``reports/c6_paper_latency.md``."""
+    rows = [*_c1(df), *_c2(df), *_c3(df), *_c4(df), *_c5(df)]
     return pd.DataFrame(rows, columns=["claim", "statement", "verdict", "evidence", "figure"])
 
 

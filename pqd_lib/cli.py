@@ -101,6 +101,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
               "pqd batch (see reports/README.md)", file=sys.stderr)
         return 1
     for key, paths in written.items():
+        if key == ("c6",):
+            for row in claims.c6(records):
+                print(f"C6 (every cell, per CPU class): {row['verdict']}: {paths[0]}")
+            continue
         backbone, dataset, preset = key[:3]
         machine = key[3] if len(key) > 3 else args.machine
         print(f"{' '.join(key)}: {len(paths)} files in {Path(paths[-1]).parent}/")

@@ -20,6 +20,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from . import claims
 from ._atomic import atomic_path, atomic_write_text
 
 __all__ = [
@@ -370,8 +371,6 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
     latency_forms, sparsity_sweep, proxy_vs_latency. The selection (backbone, dataset, preset) keeps
     one cell's records; None keeps all of them.
     """
-    from . import claims
-
     out = Path(out_dir)
     tables, figures = out / "tables", out / "figures"
     df = claims.select(records, backbone, dataset, preset, machine)
@@ -485,11 +484,16 @@ def write_reports(records: pd.DataFrame, out_dir: str | os.PathLike = "reports",
     """
     if machine is not None:
         records = records[records["machine"] == machine]
-    machines = sorted(records["machine"].dropna().unique()) if "machine" in records and len(records) else []
     out: dict = {}
     for cell in cells(records, backbone, dataset, preset):
+        in_cell = claims.select(records, *cell) if "machine" in records else records.iloc[:0]
+        machines = sorted(in_cell["machine"].dropna().unique()) if len(in_cell) else []
         for m in machines or [None]:
             name = "-".join(cell) if len(machines) <= 1 and machine is None else "-".join((*cell, m))
             out[cell if len(machines) <= 1 else (*cell, m)] = write_report(
                 records, Path(out_dir) / name, backbone=cell[0], dataset=cell[1], preset=cell[2], machine=m)
+    c6 = claims.c6(records)
+    if backbone is None and dataset is None and preset is None and c6[0]["evidence"].split(":")[0] != "not measured":
+        # C6 is a machine's claim, not a trained cell's: latency at full width needs no training.
+        out[("c6",)] = _save_table(pd.DataFrame(c6), Path(out_dir), "c6_paper_latency")
     return out
