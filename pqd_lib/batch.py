@@ -53,7 +53,8 @@ from . import backbones as backbones_mod
 from . import config as config_mod
 from ._atomic import atomic_write_text
 
-__all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "notebook_names"]
+__all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "run_grid", "notebook_names",
+           "GRID_MARKER"]
 
 BACKBONES = backbones_mod.BACKBONES
 DATASETS = ("cifar10", "cifar100")
@@ -176,8 +177,13 @@ def _check_types(notebook: Path, declared: dict[str, type | None], given: dict[s
 
 def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data_source: str | None = None,
          data_root: str | None = None, results_dir: str | os.PathLike = config_mod.DEFAULT_RESULTS_DIR,
-         runs_dir: str | os.PathLike = "reports/runs", cache_dir: str | None = None) -> list[Run]:
-    """Resolve and validate every run of a batch (no notebook runs); raise BatchError/ConfigError on bad input."""
+         runs_dir: str | os.PathLike = "reports/runs", cache_dir: str | None = None,
+         overrides: dict[str, Any] | None = None) -> list[Run]:
+    """Resolve and validate every run of a batch (no notebook runs); raise BatchError/ConfigError on bad input.
+
+    `overrides`: dotted config keys (``{"train.epochs": 1}``) applied on top of the preset; they join
+    the run id. Only :func:`run_grid` reads them (the notebooks resolve their config from their parameters).
+    """
     backbones = _expand(backbone, BACKBONES, "backbone")
     datasets = _expand(dataset, DATASETS, "dataset")
     if preset not in config_mod.PRESETS:
@@ -197,17 +203,27 @@ def plan(backbone: str, dataset: str, preset: str, seeds: Sequence[int], *, data
                          f"tree train/<class>/*, test/<class>/* there")
     runs = []
     for bb, ds, seed in itertools.product(backbones, datasets, seeds):
-        data = {k: v for k, v in (("source", data_source), ("root", data_root)) if v is not None}
-        cfg = config_mod.cell(bb, ds, preset=preset, seed=seed, data=data, cache_dir=cache_dir)
+        cfg = _cell_config(bb, ds, preset, seed, data_source, data_root, cache_dir, overrides)
         run_id = config_mod.run_id(cfg, preset)
         params = {"backbone": bb, "dataset": ds, "preset": preset, "seed": seed,
                   "data_source": cfg.data.source, "data_root": cfg.data.root, "results_dir": str(results_dir),
                   "cache_dir": cache_dir, "run_id": run_id}
+        if overrides:
+            params["overrides"] = dict(overrides)
         runs.append(Run(run_id, bb, ds, preset, seed, params, runs_dir / run_id))
     # Last: every value is valid by now, and nothing has been created.
     _check_writable(results_dir, "results dir")
     _check_writable(runs_dir, "runs dir")
     return runs
+
+
+def _cell_config(backbone: str, dataset: str, preset: str, seed: int, data_source: str | None,
+                 data_root: str | None, cache_dir: str | None,
+                 overrides: dict[str, Any] | None = None) -> config_mod.RunConfig:
+    """The config of one run, as the notebooks resolve it from their parameters (plus `overrides`)."""
+    data = {k: v for k, v in (("source", data_source), ("root", data_root)) if v is not None}
+    cfg = config_mod.cell(backbone, dataset, preset=preset, seed=seed, data=data, cache_dir=cache_dir)
+    return config_mod.apply_overrides(cfg, overrides) if overrides else cfg
 
 
 def _staging(run: Run, notebook: str) -> Path:
@@ -325,3 +341,59 @@ def _execute(papermill: Any, run: Run, nb: str, params: dict[str, Any], notebook
             "records": published, "parameters": params}
     atomic_write_text(marker, json.dumps(done, indent=1))
     result.executed.append(out)
+
+
+#: The marker a run's folder gets when :func:`run_grid` has published the whole seed's records.
+GRID_MARKER = "grid.done"
+
+
+def run_grid(runs: Sequence[Run], *, progress: bool = False, log=print) -> BatchResult:
+    """Train and record each run's (seed's) whole grid with :func:`pqd_lib.grid.run_seed`; skip seeds already done.
+
+    A seed's records are written to the staging folder ``<results>/.staging/<run id>/grid/`` and
+    moved into ``<results>/<machine>/<run id>/`` only when every part of the seed has run, then the
+    run's folder gets :data:`GRID_MARKER`: a killed seed leaves nothing visible, and rerunning the same
+    command resumes it at its first unfinished stage (the stage cache; nothing finished is trained
+    again). One process per run at a time (the run's lock, as in :func:`run_batch`).
+    """
+    from . import grid  # torch and the stages: only when a grid really runs
+
+    result = BatchResult()
+    with _terminate_as_interrupt():
+        for run in runs:
+            marker = run.folder / GRID_MARKER
+            with _run_lock(run.folder) as held:
+                if not held:
+                    result.busy.append(run.run_id)
+                    continue
+                if marker.is_file():
+                    log(f"pqd grid: {run.run_id} is done already ({marker})")
+                    result.skipped.append(marker)
+                    continue
+                p = run.parameters
+                cfg = _cell_config(run.backbone, run.dataset, run.preset, run.seed, p["data_source"], p["data_root"],
+                                   p["cache_dir"], p.get("overrides"))
+                staging = _staging(run, "grid")
+                shutil.rmtree(staging, ignore_errors=True)  # records of an earlier, unfinished attempt
+                staging.mkdir(parents=True)
+                start = time.perf_counter()
+                try:
+                    seconds = grid.run_seed(cfg, results_dir=staging, run_id=run.run_id, progress=progress, log=log)
+                except Exception as exc:  # a failed seed is listed; the next seed still runs
+                    result.failed.append((marker, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                                          if str(exc) else type(exc).__name__))
+                    continue
+                published = _publish(staging, Path(p["results_dir"]))
+                done = {"run_id": run.run_id, "seconds": round(time.perf_counter() - start, 1), "parts": seconds,
+                        "records": published, "parameters": p}
+                atomic_write_text(marker, json.dumps(done, indent=1))
+                log(f"pqd grid: {run.run_id}: {published} records published to "
+                    f"{Path(p['results_dir'])}/<machine>/{run.run_id}/ in {done['seconds']:.0f} s")
+                result.executed.append(marker)
+    log(f"pqd grid: {len(result.executed)} seeds done now, {len(result.skipped)} done before, "
+        f"{len(result.failed)} failed")
+    for path, reason in result.failed:
+        log(f"  FAILED {path.parent.name}: {reason}")
+    for run_id in result.busy:
+        log(f"  BUSY   {run_id}: another process is running this seed (its lock is held); run again later")
+    return result

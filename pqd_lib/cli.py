@@ -3,6 +3,7 @@
     pqd train  [PARAMS.yaml] [--preset P] [--source S] [--set key=value ...]   train/cache the FP32 baseline
     pqd run    [PARAMS.yaml] [--order PQD] ...                                 run the ordered pipeline
     pqd batch  --backbone B --dataset D --preset P --seeds 0 1 2               run the notebooks with papermill
+    pqd grid   --backbone B --dataset D --preset standard --seeds 0            train one seed's whole grid, no timing
     pqd report [--results-dir reports/results] [--out reports]                 tables, figures, verdicts from records
 
 Every subcommand resolves a :class:`~pqd_lib.config.RunConfig` the same way as the notebooks
@@ -89,6 +90,14 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _cmd_grid(args: argparse.Namespace) -> int:
+    runs = batch.plan(args.backbone, args.dataset, args.preset, args.seeds, data_source=args.source,
+                      data_root=args.root, results_dir=args.results_dir, runs_dir=args.runs_dir,
+                      cache_dir=args.cache_dir, overrides=config_mod.parse_assignments(args.assignments))
+    result = batch.run_grid(runs, progress=not args.no_progress)
+    return 0 if result.ok else 1
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from . import claims, report  # the [report] extra (matplotlib, seaborn, scipy): only this command needs it
 
@@ -128,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_batch = sub.add_parser("batch", help="run the numbered notebooks with papermill, one folder per run, resumable")
     p_batch.add_argument("--backbone", required=True, help="resnet18, wrn28_10, vgg16_bn or all")
     p_batch.add_argument("--dataset", required=True, help="cifar10, cifar100 or all")
-    p_batch.add_argument("--preset", required=True, help="smoke, mini or paper")
+    p_batch.add_argument("--preset", required=True, help="smoke, mini, standard or paper")
     p_batch.add_argument("--seeds", type=int, nargs="+", default=[0])
     p_batch.add_argument("--notebooks", help="which notebooks, e.g. 01-05 or 01,07 (default: all)")
     p_batch.add_argument("--source", choices=["torchvision", "folder", "embedded"], help="data source")
@@ -138,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_batch.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
     p_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_batch.set_defaults(func=_cmd_batch)
+    p_grid = sub.add_parser("grid", help="train and record each seed's whole grid (baseline, singles, orders, "
+                                         "controls) through the stage cache; latency deferred; resumable")
+    p_grid.add_argument("--backbone", required=True, help="resnet18, wrn28_10, vgg16_bn or all")
+    p_grid.add_argument("--dataset", required=True, help="cifar10, cifar100 or all")
+    p_grid.add_argument("--preset", required=True, help="standard (the decisive grid), mini or smoke")
+    p_grid.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p_grid.add_argument("--source", choices=["torchvision", "folder", "embedded"], help="data source")
+    p_grid.add_argument("--root", help="data root for the torchvision or folder source")
+    p_grid.add_argument("--results-dir", default=config_mod.DEFAULT_RESULTS_DIR,
+                        help="the store a finished seed's records are published to")
+    p_grid.add_argument("--runs-dir", default="reports/runs", help="where each seed's lock and done marker live")
+    p_grid.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
+    p_grid.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (joins the run id), e.g. --set train.epochs=1 (repeatable)")
+    p_grid.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_grid.set_defaults(func=_cmd_grid)
     p_report = sub.add_parser("report", help="regenerate reports/ (tables, figures, claim verdicts) from the records")
     p_report.add_argument("--results-dir", default=config_mod.DEFAULT_RESULTS_DIR, help="the results store to read")
     p_report.add_argument("--out", default="reports", help="where tables/ and figures/ are written")

@@ -286,6 +286,11 @@ class PipelineConfig(_Section, section='pipeline'):
     # stages' own 10x larger rate collapsed it (mini, seed 0: D after Q took P->Q->D from 59.1 % to
     # 40.0 %; see reports/README.md). False keeps every stage's own rate wherever it runs.
     qat_lr_after_q: bool = True
+    # Training images held out as a fixed validation split (pqd_lib.train.holdout_validation, split
+    # seed 0): the baseline and every stage train on the rest and evaluate on it during training, the
+    # test set only reports (pqd_lib.pipeline.start). 0 holds none out: stages evaluate on the test
+    # set (the smoke and mini protocol, whose records say eval_split = "test").
+    validation_images: int = _f(0, ge=0)
 
     def _check(self) -> None:
         _check_order(self.order)
@@ -416,7 +421,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"train_subset": None},
         "train": {"epochs": 15},
         "prune": {"ramp_fraction": 0.85, "ramp_updates": 30},
-        "pipeline": {"epochs": (1, 2, 2)},
+        "pipeline": {"epochs": (1, 2, 2), "validation_images": 5000},
         "measure": {"warmup": 20, "min_runs": 100, "min_seconds": 1.0},
     },
     # The paper's full protocol (the dataclass defaults), for GPU users.
@@ -429,6 +434,9 @@ _SECTIONS = {f.name: f.type for f in fields(RunConfig) if f.name in {
 # Fields that say where things go, not what is computed: left out of the hash.
 _UNHASHED = {"results_dir", "cache_dir", "preset", "data.root", "data.download", "train.device",
              "train.threads", "measure"}
+# Fields added after records and caches were named: they join the hash only when set to something
+# other than this value, so every existing run id and cache entry keeps its name.
+_HASHED_WHEN_SET = {"pipeline.validation_images": 0}
 
 
 # ---------------------------------------------------------------------------
@@ -700,12 +708,13 @@ def config_hash(cfg: RunConfig, sections: tuple[str, ...] | None = None, length:
     names the baseline teacher independently of the stage settings.
     """
     d = to_dict(cfg)
-    for dotted in _UNHASHED:
+    for dotted in (*_UNHASHED, *_HASHED_WHEN_SET):
         node = d
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.get(p, {})
-        node.pop(leaf, None)
+        if dotted in _UNHASHED or node.get(leaf) == _HASHED_WHEN_SET[dotted]:
+            node.pop(leaf, None)
     if sections is not None:
         d = {k: v for k, v in d.items() if k in sections}
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))

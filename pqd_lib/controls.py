@@ -29,18 +29,25 @@ from .claims import CE_CONTROL
 from .config import RunConfig
 from .stages import prune as prune_stage
 
-__all__ = ["CE_CONTROL", "ce_control", "weight_quant_error", "preconditioning", "position_independent"]
+__all__ = ["CE_CONTROL", "PRECONDITIONING", "ce_control", "weight_quant_error", "preconditioning",
+           "position_independent"]
+
+#: The ``control`` field of the pre-conditioning control's records (kind ``control``, one per path).
+PRECONDITIONING = "pre-conditioning: QAT drop and weight quantization error, with and without P first"
 
 def ce_control(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, teacher: nn.Module,
-               progress: bool | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+               progress: bool | None = None, test: data_mod.DataSplits | None = None,
+               extra_record: dict[str, Any] | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """P → Q → D with ``distill.alpha = 0``: P → Q, then D's epochs and learning rate of plain cross-entropy.
 
     Same seed, allocation and learning-rate cap as ``cfg``'s P → Q → D, so its difference from that run
-    is distillation's own effect. Records carry ``control`` = :data:`CE_CONTROL`. `model` is not changed.
+    is distillation's own effect; its P → Q is P → Q → D's (a stage-cache hit once that has run).
+    Records carry ``control`` = :data:`CE_CONTROL`. `model` is not changed. `test` and `extra_record`
+    as in :func:`pqd_lib.pipeline.run_stages` (the reported test set when `data` holds a validation split).
     """
     control = config_mod.with_section(config_mod.with_section(cfg, "pipeline", order="PQD"), "distill", alpha=0.0)
-    return pipeline.run_stages(model, control, data, teacher=teacher, progress=progress,
-                               extra_record={"control": CE_CONTROL})
+    return pipeline.run_stages(model, control, data, teacher=teacher, progress=progress, test=test,
+                               extra_record={**(extra_record or {}), "control": CE_CONTROL})
 
 
 def weight_quant_error(model: nn.Module, *, names: list[str] | None = None) -> dict[str, float]:
@@ -73,17 +80,19 @@ def weight_quant_error(model: nn.Module, *, names: list[str] | None = None) -> d
 
 
 def preconditioning(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *,
-                    progress: bool | None = None) -> list[dict[str, Any]]:
+                    progress: bool | None = None, test: data_mod.DataSplits | None = None) -> list[dict[str, Any]]:
     """Does pruning first make QAT cheaper? Q alone against P → Q, measured at Q's start and end.
 
     Two rows (``path`` = ``"Q"`` and ``"P → Q"``), each with ``top1_before_q``, ``top1_after_q``,
     ``qat_drop_pp`` (before minus after), ``quant_error`` and ``quant_error_per_weight`` of the weights Q
     starts from (:func:`weight_quant_error`), and ``seed``. The weights after P come from running P
-    alone with the same seed and config, which on the CPU reproduces P → Q's P stage exactly.
+    alone with the same seed and config, which on the CPU reproduces P → Q's P stage exactly. Every
+    run is a stage-cache hit once Q alone, P alone and P → Q → D have run. Accuracies are on `test`
+    (None: `data`'s test split), as in :func:`pqd_lib.pipeline.run_stages`.
     """
-    q_model, q_records = pipeline.run_stages(model, cfg, data, order="Q", progress=progress)
-    pruned, p_records = pipeline.run_stages(model, cfg, data, order="P", progress=progress)
-    _, pq_records = pipeline.run_stages(model, cfg, data, order="PQ", progress=progress)
+    q_model, q_records = pipeline.run_stages(model, cfg, data, order="Q", progress=progress, test=test)
+    pruned, p_records = pipeline.run_stages(model, cfg, data, order="P", progress=progress, test=test)
+    _, pq_records = pipeline.run_stages(model, cfg, data, order="PQ", progress=progress, test=test)
     rows = []
     for path, start, start_top1, after_q in (
             ("Q", model, q_records[0]["start_top1"], q_records[-1]["top1"]),

@@ -25,6 +25,8 @@ class Kind(StrEnum):
     DEPLOY = "deploy"
     #: Full-width latency of FP32 / pruned / INT8 models (notebook 07).
     LATENCY = "latency"
+    #: A control's measurement that is none of the above (pqd_lib.controls.preconditioning's rows).
+    CONTROL = "control"
 
 
 class Notebook(StrEnum):

@@ -21,18 +21,31 @@ position, epochs, test top-1 after the stage, achieved sparsity, wall time. The 
 the deploy form's accuracy (evaluated on the CPU) and, for INT8, its agreement with and SQNR
 against the fake-quant twin.
 
+Validation and test: with ``pipeline.validation_images`` > 0 (the ``standard`` preset) :func:`start`
+holds that many training images out (:func:`pqd_lib.train.holdout_validation`, a fixed split). The
+baseline and every stage train on the rest and evaluate on the held-out images while they train
+(``fit``'s per-epoch numbers, ``validation_top1`` of each record): that is where any choice is made.
+The test set is only reported: ``top1`` of every record, the deploy accuracy, the per-image hits and
+the INT8 fidelity. Records say which split training saw (``eval_split``: ``"validation"``, or
+``"test"`` when nothing is held out, as in ``smoke`` and ``mini``).
+
 Resuming: every finished stage is cached under ``<cache>/stages/`` by a key of everything it
 depends on (the config hash with the order cut to the stages run so far, their epochs, the starting
 model's and the teacher's weights, the data, the device): its weights, the global RNG state after it
 and its record fields. A killed run restarts, rebuilds the finished stages from the cache (the
 stage's structural work -- masks, QAT prepare, hooks -- without training, then the cached
 weights) and trains from the first unfinished one; orders that share a prefix (P → Q → D and
-P → Q) share those stages too. The FP32 baseline is cached by ``train.train_baseline``.
+P → Q) share those stages too. The key holds only the settings the prefix depends on: the
+sections of stages it does not run are left out, and so is ``qat_lr_after_q`` until a stage runs
+after Q, so the C4 control (P → Q → D with ``distill.alpha = 0``) and the position-independent
+orders reuse the prefixes they share with P → Q → D. The FP32 baseline is cached by
+``train.train_baseline``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import time
@@ -54,7 +67,7 @@ from .stages import distill as distill_stage
 from .stages import prune as prune_stage
 from .stages import quantize as quantize_stage
 
-__all__ = ["STAGES", "allocate_epochs", "deploy_form", "run_stages", "run", "compress"]
+__all__ = ["STAGES", "Start", "start", "allocate_epochs", "deploy_form", "run_stages", "run", "compress"]
 
 Stage = Callable[[nn.Module, RunConfig, data_mod.DataSplits, StageContext], nn.Module]
 
@@ -64,6 +77,56 @@ STAGES: dict[str, Stage] = {
     "Q": quantize_stage.quantize,
     "D": distill_stage.distill,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where every run of one seed starts: the FP32 baseline and the data it was trained on.
+
+    ``fitting`` is what stages train on (its test slots hold the validation images when
+    ``pipeline.validation_images`` > 0, else it is ``data``); ``data`` is the full data set, whose
+    test split is only reported. ``split`` holds the record fields naming the split
+    (``eval_split``, and the validation set's size, seed and first indices when held out).
+    """
+
+    model: nn.Module
+    fitting: data_mod.DataSplits
+    data: data_mod.DataSplits
+    split: dict[str, Any]
+    info: dict[str, Any]
+    #: Top-1 (%) of the baseline on the test set, and on the validation split (None when none is held out).
+    test_top1: float
+    validation_top1: float | None
+
+    @property
+    def record_fields(self) -> dict[str, Any]:
+        """Fields every record of a run from this start carries (scalars; the split's first indices as text)."""
+        fields = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in self.split.items()}
+        return {**fields, "baseline_top1": self.test_top1, "baseline_validation_top1": self.validation_top1}
+
+
+def start(cfg: RunConfig, data: data_mod.DataSplits | None = None, *, progress: bool | None = None) -> Start:
+    """Hold out ``cfg.pipeline.validation_images`` training images, train (or load) the FP32 baseline on the rest.
+
+    The baseline is cached by ``train.train_baseline`` under ``train.baseline_path(cfg, fitting)``;
+    its test top-1 is measured here on the full test set (one pass); its validation top-1 is what
+    training saw.
+    """
+    if data is None:
+        data = data_mod.load(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_path)
+    if cfg.pipeline.validation_images:
+        fitting, split = train.holdout_validation(data, cfg.pipeline.validation_images)
+    else:
+        fitting, split = data, {"eval_split": "test"}
+    model, info = train.train_baseline(cfg, fitting, progress=progress)
+    seen = (info.get("test") or {}).get("top1")
+    if fitting is data:
+        test_top1, validation_top1 = seen, None
+    else:
+        test_top1 = train.evaluate(model, data, batch_size=cfg.train.eval_batch_size,
+                                   channels_last=cfg.train.channels_last)["top1"]
+        validation_top1 = seen
+    return Start(model, fitting, data, split, info, test_top1, validation_top1)
 
 
 def _validated(cfg: RunConfig, order: str | None) -> RunConfig:
@@ -136,14 +199,31 @@ def _split_digest(data: data_mod.DataSplits) -> str:
     return h.hexdigest()[:16]
 
 
+#: The config section of each stage's own settings.
+_SECTIONS = {"P": "prune", "Q": "quantize", "D": "distill"}
+
+
+def _prefix_hash(cfg: RunConfig, prefix: str) -> str:
+    """The hash of the settings the stages of `prefix` depend on: `cfg` with the order cut to `prefix`,
+    without the sections of stages it does not run, and without ``qat_lr_after_q`` unless a stage runs
+    after Q (only then is there a rate to cap)."""
+    cfg = config_mod.with_section(cfg, "pipeline", order=prefix)
+    for letter, section in _SECTIONS.items():
+        if letter not in prefix:
+            cfg = dataclasses.replace(cfg, **{section: type(getattr(cfg, section))()})
+    if "Q" not in prefix[:-1]:
+        cfg = config_mod.with_section(cfg, "pipeline", qat_lr_after_q=True)
+    return config_mod.config_hash(cfg, length=16)
+
+
 def _stage_path(cfg: RunConfig, order: str, position: int, epochs: list[int], start: str, teacher: str,
-                data: data_mod.DataSplits, device: torch.device) -> Path:
+                data: data_mod.DataSplits, device: torch.device, test: data_mod.DataSplits) -> Path:
     """Where stage `position` of `order` is cached: a hash of everything its result depends on."""
     prefix = order[:position + 1]
-    key = json.dumps({"config": config_mod.config_hash(config_mod.with_section(cfg, "pipeline", order=prefix),
-                                                       length=16),
+    key = json.dumps({"config": _prefix_hash(cfg, prefix),
                       "epochs": epochs[:position + 1], "start": start, "teacher": teacher if "D" in prefix else "",
                       "data": train.data_fingerprint(data), "evaluated_on": _split_digest(data),
+                      "reported_on": "" if test is data else _split_digest(test),
                       "device": device.type}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cfg.cache_path / "stages" / f"{cfg.model.name}-s{cfg.seed}-{prefix}-{digest}.pt"
@@ -168,13 +248,15 @@ def _load_stage(path: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
 
 def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, order: str | None = None,
                teacher: nn.Module | None = None, progress: bool | None = None,
-               extra_record: dict[str, Any] | None = None,
-               cache: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:
+               extra_record: dict[str, Any] | None = None, cache: bool = True,
+               test: data_mod.DataSplits | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Run the stages of `order` (default ``cfg.pipeline.order``) on a copy of `model`; return (deploy model, records).
 
     `model` is the trained starting point (not changed); `teacher` is required when D is in the order
     (the frozen FP32 baseline, Zhou & Shen 2026). `extra_record` fields are added to every record.
     `cache`: reuse and write the stage cache (module text); False computes every stage afresh.
+    `test`: the data whose test split is reported (``top1`` of each record, the deploy accuracy and
+    hits), when `data`'s test slots hold a validation split (:func:`start`); None: `data` itself.
 
     Raises:
         ConfigError: a bad order (unknown or repeated letter, empty).
@@ -200,18 +282,20 @@ def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, o
     model = copy.deepcopy(model).to(device)
     ctx = StageContext(order=order, teacher=teacher, progress=progress)
     eval_kw = dict(batch_size=cfg.train.eval_batch_size, channels_last=cfg.train.channels_last)
-    start_top1 = train.evaluate(model, data, **eval_kw)["top1"]
+    held_out = test is not None and test is not data
+    test = test if test is not None else data
+    start_top1 = train.evaluate(model, test, **eval_kw)["top1"]
     base = {"order": order, "allocation": cfg.pipeline.allocation, "seed": cfg.seed,
             "run_id": config_mod.run_id(cfg, order), "start_top1": start_top1,
-            # Which images top1 is measured on; train.holdout_validation's split overrides it.
-            "eval_split": "test", **(extra_record or {})}
+            # The split training evaluated on (and any choice is made on); `top1` is always the test set's.
+            "eval_split": "validation" if held_out else "test", **(extra_record or {})}
     records: list[dict[str, Any]] = []
     start_digest, teacher_digest = _weights_digest(model), _weights_digest(teacher)
     for position, (letter, stage_epochs) in enumerate(zip(order, epochs)):
         ctx.position, ctx.epochs, ctx.history, ctx.extra = position, stage_epochs, [], {}
         start = time.perf_counter()
         stage_cfg = _after_q(cfg) if ctx.fake_quant and cfg.pipeline.qat_lr_after_q else cfg
-        path = _stage_path(cfg, order, position, epochs, start_digest, teacher_digest, data, device)
+        path = _stage_path(cfg, order, position, epochs, start_digest, teacher_digest, data, device, test)
         cached = _load_stage(path) if cache else None
         ctx.replay = cached is not None
         model = STAGES[letter](model, stage_cfg, data, ctx)
@@ -226,10 +310,12 @@ def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, o
         ctx.extra.setdefault("lr", {"P": stage_cfg.prune.lr, "Q": stage_cfg.quantize.lr,
                                     "D": stage_cfg.distill.lr}[letter])
         with ctx.evaluation(model):
-            test = train.evaluate(model, data, **eval_kw)
+            reported = train.evaluate(model, test, **eval_kw)
+            validation = train.evaluate(model, data, **eval_kw)["top1"] if held_out else None
         sparsity = prune_stage.sparsity_of(_weights(model), _target_names(model, cfg))
         fields = {"stage": letter, "stage_name": STAGES[letter].__name__, "position": position + 1,
-                  "epochs": stage_epochs, "top1": test["top1"], "top5": test["top5"], "test_loss": test["loss"],
+                  "epochs": stage_epochs, "top1": reported["top1"], "top5": reported["top5"],
+                  "test_loss": reported["loss"], "validation_top1": validation,
                   "sparsity": sparsity["sparsity"], "overall_sparsity": sparsity["overall_sparsity"],
                   "masked_layers": len(prune_stage.masks(model)),
                   "form": "fake_quant" if ctx.fake_quant else "fp32", "wall_s": wall,
@@ -241,43 +327,58 @@ def run_stages(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, o
     start = time.perf_counter()
     deploy, form = deploy_form(model, backend=cfg.quantize.backend)
     convert_s = time.perf_counter() - start
-    final = train.evaluate(deploy, data, batch_size=cfg.train.eval_batch_size, device=torch.device("cpu"))
+    final = train.evaluate(deploy, test, batch_size=cfg.train.eval_batch_size, device=torch.device("cpu"))
     sparsity = prune_stage.sparsity_of(_weights(deploy), names)
     records[-1].update({"deploy_form": form, "deploy_top1": final["top1"], "deploy_top5": final["top5"],
                         "deploy_device": "cpu", "deploy_sparsity": sparsity["sparsity"],
                         "deploy_overall_sparsity": sparsity["overall_sparsity"], "convert_s": convert_s})
     # Per-image hits of the deploy model (1,668 characters for 10,000 images): the per-image paired
     # bootstrap between orders (pqd_lib.claims) needs them; one more CPU pass over the test set.
-    hits = accuracy(deploy, data, batch_size=cfg.train.eval_batch_size)
+    hits = accuracy(deploy, test, batch_size=cfg.train.eval_batch_size)
     records[-1].update({"correct_bits": hits["correct_bits"], "n": hits["n"]})
     if form == "int8":
-        fid = quantize_stage.fidelity(model, deploy, data, batch_size=cfg.train.eval_batch_size)
+        fid = quantize_stage.fidelity(model, deploy, test, batch_size=cfg.train.eval_batch_size)
         records[-1].update({"fake_quant_top1": fid["fake_quant_top1"], "int8_agreement": fid["agreement"],
                             "int8_sqnr_db": fid["sqnr_db"]})
     return deploy, records
 
 
 def run(cfg: RunConfig | None = None, data: data_mod.DataSplits | None = None, *, order: str | None = None,
-        progress: bool | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+        progress: bool | None = None, begin: Start | None = None,
+        extra_record: dict[str, Any] | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Compress a registry backbone: start from its cached FP32 baseline, run the order, return (deploy, records).
 
-    The baseline (``train.train_baseline``: trained once per seed/data/model/schedule, then cached)
-    is both the starting point and, when D runs, the teacher -- unless ``cfg.distill.teacher``
-    names another checkpoint. Records carry ``baseline_top1``.
+    The baseline (:func:`start`: the validation split held out when configured, then
+    ``train.train_baseline``, trained once per seed/data/model/schedule and cached) is both the
+    starting point and, when D runs, the teacher -- unless ``cfg.distill.teacher`` names another
+    checkpoint. `begin`: a :func:`start` of the same seed, data and baseline schedule, reused
+    instead of loading the baseline again. Records carry ``baseline_top1`` (test) and the split's
+    fields; `extra_record` fields are added to every record.
     """
     cfg = _validated(cfg or RunConfig(), order)
     if "Q" in cfg.pipeline.order:
         quantize_stage.check_backend(cfg.quantize.backend)  # before the (long) baseline
         quantize_stage.check_activation_range(cfg.quantize.reduce_range, cfg.quantize.backend)
-    if data is None:
-        data = data_mod.load(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_path)
-    baseline, info = train.train_baseline(cfg, data, progress=progress)
+    if begin is None or not _same_start(begin, cfg, data):
+        begin = start(cfg, data, progress=progress)
     teacher = None
     if "D" in cfg.pipeline.order:
-        teacher = distill_stage.load_teacher(cfg.distill.teacher) if cfg.distill.teacher else baseline
-    extra = {"arch": train.arch_spec(cfg), "baseline_top1": (info.get("test") or {}).get("top1"),
-             "data_source": data.source}
-    return run_stages(baseline, cfg, data, teacher=teacher, progress=progress, extra_record=extra)
+        teacher = distill_stage.load_teacher(cfg.distill.teacher) if cfg.distill.teacher else begin.model
+    extra = {"arch": train.arch_spec(cfg), "data_source": begin.data.source, **begin.record_fields,
+             **(extra_record or {})}
+    return run_stages(begin.model, cfg, begin.fitting, teacher=teacher, progress=progress, extra_record=extra,
+                      test=begin.data)
+
+
+def _same_start(begin: Start, cfg: RunConfig, data: data_mod.DataSplits | None) -> bool:
+    """Is `begin` the start `cfg` (on `data`) would make: the same data, split and baseline checkpoint?"""
+    if data is not None and data is not begin.data:
+        return False
+    held_out = begin.fitting is not begin.data
+    if held_out != bool(cfg.pipeline.validation_images) or (
+            held_out and begin.split.get("validation_images") != cfg.pipeline.validation_images):
+        return False
+    return str(train.baseline_path(cfg, begin.fitting)) == str(begin.info["path"])
 
 
 def _fresh_copy(model: nn.Module, seed: int) -> nn.Module:

@@ -18,6 +18,7 @@ from .accuracy import accuracy
 from .latency import measure_latency
 from .proxies import proxies, weight_sparsity
 from .size import mib, model_sizes
+from .timing import resolve_threads
 
 __all__ = ["ModelRun", "measure_models", "protocol_point", "COST_COLUMNS"]
 
@@ -36,7 +37,7 @@ class ModelRun:
 
 
 def measure_models(runs: Mapping[str, ModelRun], data: DataSplits, *, reference: nn.Module,
-                   arch: dict | None = None) -> pd.DataFrame:
+                   arch: dict | None = None, latency: bool = True) -> pd.DataFrame:
     """One row per model x runtime x threads x batch size: test accuracy, sizes, proxies, latency.
 
     Args:
@@ -48,7 +49,9 @@ def measure_models(runs: Mapping[str, ModelRun], data: DataSplits, *, reference:
 
     The latency protocol is each run's ``config.measure``. Columns: ``model``, ``order``,
     ``sparsity``, the accuracy, size, proxy and latency fields, and ``size_MiB`` /
-    ``size_sparse_MiB``.
+    ``size_sparse_MiB``. ``latency=False`` times nothing (a training grid defers latency to a quiet
+    phase): one row per model at the protocol point (fewest threads, smallest batch, eager runtime)
+    with empty latency fields and ``latency_deferred`` = True.
     """
     shape = tuple(data.x_test.shape[1:])
     rows = []
@@ -56,6 +59,12 @@ def measure_models(runs: Mapping[str, ModelRun], data: DataSplits, *, reference:
         facts = {"model": name, "order": run.order, "sparsity": weight_sparsity(run.model),
                  **accuracy(run.model, data), **model_sizes(run.model),
                  **proxies(run.model, (1, *shape), fp32_reference=reference)}
+        if not latency:
+            point = {"runtime": "torch-eager", "threads": min(resolve_threads(run.config.measure.threads)),
+                     "batch_size": min(run.config.measure.batch_sizes), "latency_ms_p50": None,
+                     "latency_ms_p90": None, "latency_deferred": True}
+            rows.append({**facts, **point})
+            continue
         rows += [{**facts, **lat} for lat in measure_latency(run.model, run.config.measure, arch=arch,
                                                               input_shape=shape)]
     table = pd.DataFrame(rows).drop(columns="layers", errors="ignore")

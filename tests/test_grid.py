@@ -1,0 +1,115 @@
+"""One seed's whole grid at smoke scale (pqd grid): validation split, controls, staging, resuming.
+
+One grid is run in three steps and checked after each: a first attempt killed (by an error) in its
+last part publishes nothing; the second attempt trains only the stages the first did not finish,
+every training run evaluating on the validation split; a third finds the seed done.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pqd_lib import batch, claims, controls, grid, results, train
+from pqd_lib import data as D
+from pqd_lib.labels import Kind
+
+VALIDATION, TEST = 60, 100
+OVERRIDES = {"pipeline.validation_images": VALIDATION, "data.train_subset": 300, "data.test_subset": TEST,
+             "train.eval_batch_size": 100}
+#: The stages only the position-independent orders train: those after Q (P → D → Q and D → P → Q have
+#: none, and every prefix ending at Q is shared with the capped orders).
+OWN_LR_STAGES = sorted(["PQD:D", "QPD:P", "QPD:D", "QDP:D", "QDP:P", "DQP:P"])
+
+
+@pytest.fixture(scope="module")
+def attempts(tmp_path_factory):
+    """Run the grid of seed 0 three times: killed in its last part, resumed, and once more; what each saw."""
+    root = tmp_path_factory.mktemp("grid")
+    runs = batch.plan("resnet18", "cifar10", "smoke", [0], data_source="embedded", results_dir=root / "results",
+                      runs_dir=root / "runs", cache_dir=str(root / "cache"), overrides=OVERRIDES)
+    mp = pytest.MonkeyPatch()
+    fits: list[tuple[str, int]] = []
+    real_fit = train.fit
+
+    def fit(model, data, *args, **kwargs):
+        fits.append((kwargs.get("desc", "?"), len(data.y_test)))
+        return real_fit(model, data, *args, **kwargs)
+
+    def killed(cfg):
+        raise KeyboardInterrupt("killed")  # what SIGTERM becomes while a grid runs
+
+    out = {"runs": runs, "root": root}
+    try:
+        mp.setattr(train, "fit", fit)
+        mp.setattr(controls, "position_independent", killed)
+        with pytest.raises(KeyboardInterrupt):
+            batch.run_grid(runs, log=lambda *_: None)
+        out["first_fits"], out["first_records"] = list(fits), results.load_results(root / "results")
+        mp.undo()
+        mp.setattr(train, "fit", fit)
+        fits.clear()
+        out["second"] = batch.run_grid(runs, log=lambda *_: None)
+        out["second_fits"], out["records"] = list(fits), results.load_results(root / "results")
+        fits.clear()
+        out["third"] = batch.run_grid(runs, log=lambda *_: None)
+        out["third_fits"] = list(fits)
+    finally:
+        mp.undo()
+    return out
+
+
+def test_a_killed_seed_publishes_nothing_and_resumes_without_retraining(attempts):
+    assert attempts["first_records"].empty  # killed in its last part: nothing visible
+    assert attempts["first_fits"]  # ... though it trained
+    assert attempts["second"].ok and len(attempts["second"].executed) == 1
+    # The resumed seed trains only what the killed one had not finished: no baseline, no capped order.
+    assert sorted(desc for desc, _ in attempts["second_fits"]) == OWN_LR_STAGES
+    assert attempts["third"].skipped and not attempts["third"].executed and attempts["third_fits"] == []
+
+
+def test_training_never_evaluates_on_the_test_set(attempts):
+    seen = attempts["first_fits"] + attempts["second_fits"]
+    assert {size for _, size in seen} == {VALIDATION}  # the baseline and every stage: validation slots
+    assert any(desc == "baseline" for desc, _ in seen)
+
+
+def test_the_baseline_is_the_cache_entry_of_the_held_out_split(attempts):
+    run = attempts["runs"][0]
+    cfg = batch._cell_config(run.backbone, run.dataset, run.preset, run.seed, "embedded", None,
+                             run.parameters["cache_dir"], OVERRIDES)
+    fitting, split = train.holdout_validation(D.load(cfg.data, seed=0, cache_dir=cfg.cache_path), VALIDATION)
+    assert train.baseline_path(cfg, fitting).is_file() and len(fitting.y_train) == 300 - VALIDATION
+    records = attempts["records"]
+    assert set(records["validation_first_indices"]) == {",".join(map(str, split["validation_first_indices"]))}
+
+
+def test_every_record_names_its_split_and_reports_the_test_set(attempts):
+    records = attempts["records"]
+    assert set(records["run_id"]) == {attempts["runs"][0].run_id}
+    assert set(records["eval_split"]) == {"validation"} and set(records["validation_images"]) == {VALIDATION}
+    deploy = records[records["kind"].eq(Kind.DEPLOY)]
+    assert set(deploy["n"]) == {TEST}  # per-image hits of the test set
+    stages = records[records["kind"].eq(Kind.STAGE)]
+    assert stages["validation_top1"].notna().all() and stages["top1"].notna().all()
+    measured = records[records["kind"].eq(Kind.MEASURED)]
+    assert measured["latency_ms_p50"].isna().all() and measured["latency_deferred"].all()
+
+
+def test_the_grid_holds_every_run_and_control_the_verdicts_need(attempts):
+    records = attempts["records"]
+    measured = records[records["kind"].eq(Kind.MEASURED)]
+    assert set(zip(measured["notebook"], measured["model"])) >= {
+        ("01", "baseline"), ("02", "P50"), ("02", "P70"), ("02", "P90"), ("03", "Q"), ("04", "D"),
+        ("04", "D-alpha0"), ("05", "PQD")}
+    deploy = records[records["kind"].eq(Kind.DEPLOY)]
+    caps = [c["pipeline"]["qat_lr_after_q"] for c in deploy["config"]]
+    assert sorted(zip(deploy["order"], caps)) == sorted((o, cap) for o in grid.ORDERS for cap in (True, False))
+    ce = records[records["control"].eq(claims.CE_CONTROL)]
+    assert list(ce.sort_values("position")["stage"]) == ["P", "Q", "D"]
+    pre = records[records["kind"].eq(Kind.CONTROL)]
+    assert sorted(pre["path"]) == ["P → Q", "Q"] and pre["quant_error"].gt(0).all()
+    table = claims.verdicts(claims.select(records))
+    statements = " ".join(table["statement"])
+    assert "position-independent" in statements and "cross-entropy fine-tuning after P → Q" in statements
+    assert isinstance(table, pd.DataFrame)
