@@ -54,7 +54,7 @@ from . import config as config_mod
 from ._atomic import atomic_write_text
 
 __all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "run_grid", "notebook_names",
-           "GRID_MARKER"]
+           "GRID_MARKER", "GRID_LATENCY_MARKER"]
 
 BACKBONES = backbones_mod.BACKBONES
 DATASETS = ("cifar10", "cifar100")
@@ -343,11 +343,12 @@ def _execute(papermill: Any, run: Run, nb: str, params: dict[str, Any], notebook
     result.executed.append(out)
 
 
-#: The marker a run's folder gets when :func:`run_grid` has published the whole seed's records.
-GRID_MARKER = "grid.done"
+#: The marker a run's folder gets when :func:`run_grid` has published the whole seed's records
+#: (and the one its latency phase gets).
+GRID_MARKER, GRID_LATENCY_MARKER = "grid.done", "grid-latency.done"
 
 
-def run_grid(runs: Sequence[Run], *, progress: bool = False, log=print) -> BatchResult:
+def run_grid(runs: Sequence[Run], *, latency: bool = False, progress: bool = False, log=print) -> BatchResult:
     """Train and record each run's (seed's) whole grid with :func:`pqd_lib.grid.run_seed`; skip seeds already done.
 
     A seed's records are written to the staging folder ``<results>/.staging/<run id>/grid/`` and
@@ -355,13 +356,17 @@ def run_grid(runs: Sequence[Run], *, progress: bool = False, log=print) -> Batch
     run's folder gets :data:`GRID_MARKER`: a killed seed leaves nothing visible, and rerunning the same
     command resumes it at its first unfinished stage (the stage cache; nothing finished is trained
     again). One process per run at a time (the run's lock, as in :func:`run_batch`).
+
+    `latency`: the separate latency phase (a quiet machine, after training): every stage is
+    replayed from the cache, the models are timed and the seed's records are published again with
+    their latency (same ids, replacing the untimed ones); its marker is :data:`GRID_LATENCY_MARKER`.
     """
     from . import grid  # torch and the stages: only when a grid really runs
 
     result = BatchResult()
     with _terminate_as_interrupt():
         for run in runs:
-            marker = run.folder / GRID_MARKER
+            marker = run.folder / (GRID_LATENCY_MARKER if latency else GRID_MARKER)
             with _run_lock(run.folder) as held:
                 if not held:
                     result.busy.append(run.run_id)
@@ -373,12 +378,13 @@ def run_grid(runs: Sequence[Run], *, progress: bool = False, log=print) -> Batch
                 p = run.parameters
                 cfg = _cell_config(run.backbone, run.dataset, run.preset, run.seed, p["data_source"], p["data_root"],
                                    p["cache_dir"], p.get("overrides"))
-                staging = _staging(run, "grid")
+                staging = _staging(run, "grid-latency" if latency else "grid")
                 shutil.rmtree(staging, ignore_errors=True)  # records of an earlier, unfinished attempt
                 staging.mkdir(parents=True)
                 start = time.perf_counter()
                 try:
-                    seconds = grid.run_seed(cfg, results_dir=staging, run_id=run.run_id, progress=progress, log=log)
+                    seconds = grid.run_seed(cfg, results_dir=staging, run_id=run.run_id, latency=latency,
+                                            progress=progress, log=log)
                 except Exception as exc:  # a failed seed is listed; the next seed still runs
                     result.failed.append((marker, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                                           if str(exc) else type(exc).__name__))

@@ -41,6 +41,7 @@ __all__ = ["ALPHA", "HOLDS", "FAILS", "UNRESOLVED", "EQUIVALENT", "PAPER_VALUES"
            "ACCURACY_MARGIN_PP", "RELATIVE_MARGIN", "SIZE_COLUMNS", "SIZE_FORMS", "CE_CONTROL_MODEL", "CE_CONTROL",
            "LR_SETTINGS",
            "pipeline_target", "methods", "equivalent", "decide", "order_differences", "verdicts", "seeds_plan",
+           "controls_table", "PRECONDITIONING",
            "paper_beside_ours",
            "proxy_correlations", "c6"]
 
@@ -87,6 +88,8 @@ PAPER_VALUES = (
 ORDERS = ("PQD", "PDQ", "QPD", "QDP", "DPQ", "DQP")
 #: The ``control`` field of the C4 control's records (pqd_lib.controls.ce_control writes it).
 CE_CONTROL = "C4: P → Q then cross-entropy fine-tuning"
+#: The ``control`` field of the pre-conditioning control's records (pqd_lib.controls.preconditioning's rows).
+PRECONDITIONING = "pre-conditioning: QAT drop and weight quantization error, with and without P first"
 #: Learning-rate settings of the order ablation (``pipeline.qat_lr_after_q``) and how verdicts name them.
 LR_SETTINGS = {True: "learning rate capped at Q's after Q", False: "position-independent learning rates"}
 
@@ -630,3 +633,43 @@ def proxy_correlations(latency: pd.DataFrame) -> pd.DataFrame:
             row[proxy] = math.nan if constant else float(stats.spearmanr(x[ok], part.loc[ok, "latency_ms_p50"])[0])
         rows.append(row)
     return pd.DataFrame(rows, columns=["width", "models", *proxies])
+
+
+def controls_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The controls' numbers, each a paired difference over seeds with its 90 % interval (issue 15).
+
+    Rows: C4's P → Q → D − P → Q + cross-entropy (deploy top-1); pre-conditioning's QAT accuracy drop
+    and weight quantization error per weight, Q alone − P → Q (positive: pruning first makes QAT
+    cheaper); each order's deploy top-1 with position-independent − capped learning rates (the cap's
+    own effect). Columns: ``control``, ``quantity``, ``n``, ``mean_diff``, ``ci_low``, ``ci_high``,
+    ``margin``, ``outcome``.
+    """
+    rows = []
+
+    def add(control: str, quantity: str, t: PairedTest) -> None:
+        if t.n:
+            rows.append({"control": control, "quantity": quantity, "n": t.n, "mean_diff": t.mean_diff,
+                         "ci_low": t.ci_low, "ci_high": t.ci_high, "margin": t.margin, "outcome": t.outcome})
+
+    pqd = _ablation(df)
+    pqd = pqd[pqd["order"].eq("PQD")]
+    ce = df[df["control"].eq(CE_CONTROL) & df["stage"].eq("D") & df["lr_cap"].eq(True)]
+    if len(pqd) and len(ce):
+        add("C4: distillation vs cross-entropy after P → Q", "deploy top-1 (pp), P → Q → D − P → Q + CE",
+            paired_test(_by_seed(pqd, "deploy_top1"), _by_seed(ce, "deploy_top1"), ACCURACY_MARGIN_PP))
+    pre = df[df["control"].eq(PRECONDITIONING)]
+    if len(pre):
+        alone, pruned = pre[pre["path"].eq("Q")], pre[pre["path"].ne("Q")]
+        add("pre-conditioning", "QAT accuracy drop (pp), Q alone − after P",
+            paired_test(_by_seed(alone, "qat_drop_pp"), _by_seed(pruned, "qat_drop_pp"), ACCURACY_MARGIN_PP))
+        error = _by_seed(alone, "quant_error_per_weight")
+        add("pre-conditioning", "||W − Q(W)||² per weight, Q alone − after P",
+            paired_test(error, _by_seed(pruned, "quant_error_per_weight"), RELATIVE_MARGIN * error.mean()))
+    capped, own = _ablation(df, True), _ablation(df, False)
+    for order in ORDERS:
+        a, b = own[own["order"].eq(order)], capped[capped["order"].eq(order)]
+        if len(a) and len(b):
+            add("learning rate after Q", f"{_arrow(order)}: deploy top-1 (pp), position-independent − capped",
+                paired_test(_by_seed(a, "top1"), _by_seed(b, "top1"), ACCURACY_MARGIN_PP))
+    return pd.DataFrame(rows, columns=["control", "quantity", "n", "mean_diff", "ci_low", "ci_high", "margin",
+                                       "outcome"])

@@ -94,7 +94,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     runs = batch.plan(args.backbone, args.dataset, args.preset, args.seeds, data_source=args.source,
                       data_root=args.root, results_dir=args.results_dir, runs_dir=args.runs_dir,
                       cache_dir=args.cache_dir, overrides=config_mod.parse_assignments(args.assignments))
-    result = batch.run_grid(runs, progress=not args.no_progress)
+    result = batch.run_grid(runs, latency=args.latency, progress=not args.no_progress)
     return 0 if result.ok else 1
 
 
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_grid.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
     p_grid.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (joins the run id), e.g. --set train.epochs=1 (repeatable)")
+    p_grid.add_argument("--latency", action="store_true",
+                        help="the separate latency phase: replay each trained seed from the cache and time its "
+                             "models (rounds protocol); run it on a quiet machine, never beside training")
     p_grid.add_argument("--no-progress", action="store_true", help="no progress bars")
     p_grid.set_defaults(func=_cmd_grid)
     p_report = sub.add_parser("report", help="regenerate reports/ (tables, figures, claim verdicts) from the records")

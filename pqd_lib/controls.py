@@ -25,15 +25,12 @@ from torch import nn
 from . import config as config_mod
 from . import data as data_mod
 from . import pipeline
-from .claims import CE_CONTROL
+from .claims import CE_CONTROL, PRECONDITIONING
 from .config import RunConfig
 from .stages import prune as prune_stage
 
 __all__ = ["CE_CONTROL", "PRECONDITIONING", "ce_control", "weight_quant_error", "preconditioning",
            "position_independent"]
-
-#: The ``control`` field of the pre-conditioning control's records (kind ``control``, one per path).
-PRECONDITIONING = "pre-conditioning: QAT drop and weight quantization error, with and without P first"
 
 def ce_control(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, teacher: nn.Module,
                progress: bool | None = None, test: data_mod.DataSplits | None = None,

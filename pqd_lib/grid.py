@@ -16,10 +16,12 @@ and record ids), so :mod:`pqd_lib.claims` and :mod:`pqd_lib.report` read them un
 Validation: :func:`pqd_lib.pipeline.start` holds ``pipeline.validation_images`` training images out
 (the ``standard`` preset: 5,000); training evaluates on them, every reported number is the test set's.
 
-Latency is not measured here: two cores that train cannot time (the rounds protocol needs a quiet
-machine). Records sit at the protocol point with empty latency and ``latency_deferred`` = True; the
-latency phase runs afterwards, when nothing trains (notebooks 01-07 through ``pqd batch``: every
-stage is then a cache hit).
+Latency is a separate phase: two cores that train cannot time (the rounds protocol needs a quiet
+machine). By default records sit at the protocol point (fewest threads, smallest batch) with empty
+latency and ``latency_deferred`` = True. ``latency=True`` (``pqd grid --latency``, run when nothing
+else computes, after the seed has trained: every stage is then a cache hit) replays the seed and
+times every model once per deploy signature (FP32 dense kernels, INT8) with the rounds protocol of
+:func:`pqd_lib.measure.rounds.latency_phase`, then writes the same records with their latency.
 
 Shared prefixes train once: P → Q → D's P is P alone's, its P → Q is the C4 control's and the
 pre-conditioning control's, Q alone is the start of Q → P → D, and so on (:mod:`pqd_lib.pipeline`).
@@ -29,6 +31,7 @@ has run (:func:`pqd_lib.batch.run_grid` stages and publishes them).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -54,46 +57,92 @@ ORDERS = tuple("".join(p) for p in itertools.permutations("PQD"))
 PRUNE_TARGETS = (0.7, 0.9)
 
 
-def _measure(runs: dict[str, ModelRun], begin: pipeline.Start, cfg: RunConfig, *, notebook: Notebook,
-             results_dir: Path, run_id: str) -> list[Path]:
-    """Test accuracy, sizes and proxies of `runs` (no latency) as notebook `notebook`'s measured records."""
-    table = measure_models(runs, begin.data, reference=models.build(**train.arch_spec(cfg)),
-                           arch=train.arch_spec(cfg), latency=False)
-    table = table.assign(**begin.record_fields)
-    return results.record_measurements(table, {name: run.config for name, run in runs.items()}, notebook=notebook,
-                                       results_dir=results_dir, run_id=run_id)
+
+def _timing(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a rounds-protocol record that describe the timing (not the model or the machine)."""
+    keep = {"runtime", "threads", "batch_size", "protocol", "reference", "shared_by", "images_per_s", "error",
+            "input_shape", "block_seconds", "warmup"}
+    return {k: v for k, v in record.items() if k in keep or k.startswith(("latency_", "rounds", "relative_"))}
 
 
-def _append(cfg: RunConfig, record_id: str, results_dir: Path, **fields: Any) -> Path:
-    record = results.make_record(cfg, record_id=record_id, **fields)
-    return results.append(record, results_dir, replace=True)
+class _Seed:
+    """The records of one seed, held until every model is trained (and, with latency, timed)."""
 
+    def __init__(self, cfg: RunConfig, begin: pipeline.Start, run_id: str) -> None:
+        self.cfg, self.begin, self.run_id = cfg, begin, run_id
+        self.tables: list[tuple[Notebook, dict[str, ModelRun], pd.DataFrame]] = []
+        self.records: list[tuple[RunConfig, str, dict[str, Any], Any]] = []  # (cfg, id, fields, model or None)
+        self.stages: list[tuple[RunConfig, list[dict[str, Any]]]] = []
 
-def _deploy_record(cfg: RunConfig, model: Any, records: list[dict[str, Any]], record_id: str, results_dir: Path,
-                   run_id: str, **extra: Any) -> Path:
-    """Notebook 06's record of one order: the deploy model's test accuracy, sparsity, sizes (latency deferred)."""
-    order = cfg.pipeline.order
-    last = records[-1]
-    fields = {k: v for k, v in last.items() if k not in ("history", "top1", "sparsity", "form", "run_id")}
-    epochs = pipeline.allocate_epochs(order, cfg.pipeline.epochs, cfg.pipeline.allocation)
-    point = {"runtime": "torch-eager", "threads": min(resolve_threads(cfg.measure.threads)),
-             "batch_size": min(cfg.measure.batch_sizes),
-             "latency_ms_p50": None, "latency_ms_p90": None, "latency_deferred": True}
-    own = {"allocation": cfg.pipeline.allocation, "order": order, "epochs": "/".join(map(str, epochs)),
-           "p_sparsity": records[order.index("P")]["sparsity"], "run_allocation": cfg.pipeline.allocation,
-           "notebook": Notebook.ORDER_ABLATION, "kind": Kind.DEPLOY, "top1": last["deploy_top1"],
-           "sparsity": last["deploy_sparsity"], "form": last["deploy_form"], "last_stage_top1": last["top1"],
-           "run_id": run_id}
-    return _append(cfg, record_id, results_dir, **(fields | model_sizes(model) | point | extra | own))
+    def measure(self, notebook: Notebook, runs: dict[str, ModelRun]) -> None:
+        """Test accuracy, sizes and proxies of `runs` as notebook `notebook`'s measured records."""
+        arch = train.arch_spec(self.cfg)
+        table = measure_models(runs, self.begin.data, reference=models.build(**arch), arch=arch, latency=False)
+        self.tables.append((notebook, runs, table.assign(**self.begin.record_fields)))
+
+    def stage_records(self, cfg: RunConfig, records: list[dict[str, Any]]) -> None:
+        """A pipeline run's stage records, as notebook 05 writes them."""
+        self.stages.append((cfg, records))
+
+    def add(self, cfg: RunConfig, record_id: str, fields: dict[str, Any], model: Any = None) -> None:
+        """A record to write (with `model`'s latency when the seed is timed)."""
+        self.records.append((cfg, record_id, {**fields, "run_id": self.run_id}, model))
+
+    def deploy(self, cfg: RunConfig, model: Any, records: list[dict[str, Any]], record_id: str) -> None:
+        """Notebook 06's record of one order: the deploy model's test accuracy, sparsity and sizes."""
+        order, last = cfg.pipeline.order, records[-1]
+        fields = {k: v for k, v in last.items() if k not in ("history", "top1", "sparsity", "form")}
+        epochs = pipeline.allocate_epochs(order, cfg.pipeline.epochs, cfg.pipeline.allocation)
+        own = {"allocation": cfg.pipeline.allocation, "order": order, "epochs": "/".join(map(str, epochs)),
+               "p_sparsity": records[order.index("P")]["sparsity"], "run_allocation": cfg.pipeline.allocation,
+               "notebook": Notebook.ORDER_ABLATION, "kind": Kind.DEPLOY, "top1": last["deploy_top1"],
+               "sparsity": last["deploy_sparsity"], "form": last["deploy_form"], "last_stage_top1": last["top1"]}
+        self.add(cfg, record_id, fields | model_sizes(model) | own, model)
+
+    def write(self, results_dir: Path, *, latency: bool, log: Callable[[str], Any]) -> int:
+        """Time the models (one rounds comparison over their deploy signatures) when `latency`; write every record."""
+        point = {"runtime": "torch-eager", "threads": min(resolve_threads(self.cfg.measure.threads)),
+                 "batch_size": min(self.cfg.measure.batch_sizes), "latency_ms_p50": None, "latency_ms_p90": None,
+                 "latency_deferred": True}
+        timed: dict[Any, dict[str, Any]] = {}
+        if latency:
+            from .measure.rounds import latency_phase  # worker processes: only for the latency phase
+
+            models_by_key = {("table", i, name): run.model for i, (_, runs, _) in enumerate(self.tables)
+                             for name, run in runs.items()}
+            models_by_key |= {("record", i): m for i, (_, _, _, m) in enumerate(self.records) if m is not None}
+            measure = dataclasses.replace(self.cfg.measure, threads=(point["threads"],),
+                                          batch_sizes=(point["batch_size"],))
+            phase = latency_phase(models_by_key, train.arch_spec(self.cfg), measure, log=log)
+            timed = {key: _timing(next(iter(by_point.values()))) | {"latency_deferred": False}
+                     for key, by_point in phase.items()}
+        written = 0
+        for i, (notebook, runs, table) in enumerate(self.tables):
+            rows = [row | timed.get(("table", i, row["model"]), {}) for row in table.assign(**point).to_dict("records")]
+            written += len(results.record_measurements(pd.DataFrame(rows), {n: r.config for n, r in runs.items()},
+                                                       notebook=notebook, results_dir=results_dir,
+                                                       run_id=self.run_id))
+        for cfg, records in self.stages:
+            written += len(results.record_stages([r | self.begin.record_fields for r in records], cfg,
+                                                 notebook=Notebook.PIPELINE, results_dir=results_dir,
+                                                 run_id=self.run_id))
+        for i, (cfg, record_id, fields, model) in enumerate(self.records):
+            extra = (point | timed.get(("record", i), {})) if model is not None else {}
+            results.append(results.make_record(cfg, record_id=record_id, **(fields | extra)), results_dir,
+                           replace=True)
+            written += 1
+        return written
 
 
 def run_seed(cfg: RunConfig, *, results_dir: str | Path, run_id: str | None = None, data: DataSplits | None = None,
-             progress: bool | None = None, log: Callable[[str], Any] = print) -> dict[str, float]:
+             latency: bool = False, progress: bool | None = None,
+             log: Callable[[str], Any] = print) -> dict[str, float]:
     """Train and record one seed's grid of `cfg` (module text); return the wall seconds of each part.
 
     Records go to `results_dir` (a staging folder when called by :func:`pqd_lib.batch.run_grid`)
     under `run_id` (default ``config.run_id(cfg, cfg.preset)``, what ``pqd batch`` names the seed's
-    run), with deterministic ids: running a seed again rewrites its own records.
+    run), with deterministic ids: running a seed again rewrites its own records. Nothing is written
+    before every model has trained. `latency`: time the models too (a quiet machine; module text).
     """
     results_dir = Path(results_dir)
     run_id = run_id or config_mod.run_id(cfg, cfg.preset or cfg.pipeline.order)
@@ -107,13 +156,13 @@ def run_seed(cfg: RunConfig, *, results_dir: str | Path, run_id: str | None = No
     begin = pipeline.start(cfg, data, progress=progress)
     log(f"grid {run_id}: baseline {'from cache' if begin.info['cached'] else 'trained'}, test top-1 "
         f"{begin.test_top1:.2f} %, eval split {begin.split['eval_split']}")
+    seed = _Seed(cfg, begin, run_id)
 
     def run(cfg_x: RunConfig, order: str) -> tuple[Any, list[dict[str, Any]]]:
         return pipeline.run(cfg_x, begin.data, order=order, progress=progress, begin=begin)
 
     baseline = ModelRun(cfg, begin.model, "baseline")
-    _measure({labels.BASELINE: baseline}, begin, cfg, notebook=Notebook.BASELINE, results_dir=results_dir,
-             run_id=run_id)
+    seed.measure(Notebook.BASELINE, {labels.BASELINE: baseline})
     part("01 baseline", t)
 
     t = time.perf_counter()
@@ -121,12 +170,11 @@ def run_seed(cfg: RunConfig, *, results_dir: str | Path, run_id: str | None = No
     for target in sorted({cfg.prune.target_sparsity, *PRUNE_TARGETS}):
         cfg_s = config_mod.with_section(cfg, "prune", target_sparsity=target)
         pruned[labels.pruned(target)] = ModelRun(cfg_s, run(cfg_s, "P")[0], "P")
-    _measure(pruned, begin, cfg, notebook=Notebook.PRUNE, results_dir=results_dir, run_id=run_id)
+    seed.measure(Notebook.PRUNE, pruned)
     part("02 P alone (3 targets)", t)
 
     t = time.perf_counter()
-    quantized = {labels.BASELINE: baseline, labels.QUANTIZED: ModelRun(cfg, run(cfg, "Q")[0], "Q")}
-    _measure(quantized, begin, cfg, notebook=Notebook.QUANTIZE, results_dir=results_dir, run_id=run_id)
+    seed.measure(Notebook.QUANTIZE, {labels.BASELINE: baseline, labels.QUANTIZED: ModelRun(cfg, run(cfg, "Q")[0], "Q")})
     part("03 Q alone", t)
 
     t = time.perf_counter()
@@ -134,7 +182,7 @@ def run_seed(cfg: RunConfig, *, results_dir: str | Path, run_id: str | None = No
     for name, alpha in ((labels.DISTILLED, cfg.distill.alpha), (labels.DISTILLED_WITHOUT_TEACHER, 0.0)):
         cfg_a = config_mod.with_section(cfg, "distill", alpha=alpha)
         distilled[name] = ModelRun(cfg_a, run(cfg_a, "D")[0], "D")
-    _measure(distilled, begin, cfg, notebook=Notebook.DISTILL, results_dir=results_dir, run_id=run_id)
+    seed.measure(Notebook.DISTILL, distilled)
     part("04 D alone, D at alpha 0", t)
 
     t = time.perf_counter()
@@ -143,11 +191,10 @@ def run_seed(cfg: RunConfig, *, results_dir: str | Path, run_id: str | None = No
         cfg_o = config_mod.with_section(cfg, "pipeline", order=order, allocation="by_stage")
         capped[order] = (cfg_o, *run(cfg_o, order))
     cfg_pqd, deploy_pqd, stages_pqd = capped["PQD"]
-    results.record_stages(stages_pqd, cfg_pqd, notebook=Notebook.PIPELINE, results_dir=results_dir, run_id=run_id)
-    _measure({labels.BASELINE: baseline, labels.PIPELINE: ModelRun(cfg_pqd, deploy_pqd, "PQD")}, begin, cfg,
-             notebook=Notebook.PIPELINE, results_dir=results_dir, run_id=run_id)
+    seed.stage_records(cfg_pqd, stages_pqd)
+    seed.measure(Notebook.PIPELINE, {labels.BASELINE: baseline, labels.PIPELINE: ModelRun(cfg_pqd, deploy_pqd, "PQD")})
     for order, (cfg_o, model, records) in capped.items():
-        _deploy_record(cfg_o, model, records, f"{Notebook.ORDER_ABLATION}-by_stage-{order}", results_dir, run_id)
+        seed.deploy(cfg_o, model, records, f"{Notebook.ORDER_ABLATION}-by_stage-{order}")
     part("05-06 six orders by stage (learning rate capped after Q)", t)
 
     t = time.perf_counter()
@@ -155,24 +202,25 @@ def run_seed(cfg: RunConfig, *, results_dir: str | Path, run_id: str | None = No
                                         test=begin.data, extra_record=begin.record_fields)
     cfg_ce = config_mod.with_section(cfg_pqd, "distill", alpha=0.0)
     for r in ce_records:
-        fields = {k: v for k, v in r.items() if k != "history"}
-        _append(cfg_ce, f"{Notebook.PIPELINE}-control-ce-{r['position']}{r['stage']}", results_dir,
-                **(fields | {"run_id": run_id, "notebook": Notebook.PIPELINE, "kind": Kind.STAGE}))
+        seed.add(cfg_ce, f"{Notebook.PIPELINE}-control-ce-{r['position']}{r['stage']}",
+                 {k: v for k, v in r.items() if k != "history"} | {"notebook": Notebook.PIPELINE, "kind": Kind.STAGE})
     part("C4 control (P → Q, then cross-entropy fine-tuning)", t)
 
     t = time.perf_counter()
     for row in controls.preconditioning(begin.model, cfg_pqd, begin.fitting, progress=progress, test=begin.data):
-        path = "PQ" if row["path"] != "Q" else "Q"
-        _append(cfg_pqd, f"{Notebook.PIPELINE}-control-preconditioning-{path}", results_dir,
-                **(row | begin.record_fields | {"run_id": run_id, "notebook": Notebook.PIPELINE,
-                                                "kind": Kind.CONTROL, "control": controls.PRECONDITIONING}))
+        seed.add(cfg_pqd, f"{Notebook.PIPELINE}-control-preconditioning-{'Q' if row['path'] == 'Q' else 'PQ'}",
+                 row | begin.record_fields | {"notebook": Notebook.PIPELINE, "kind": Kind.CONTROL,
+                                              "control": controls.PRECONDITIONING})
     part("pre-conditioning control (Q with and without P first)", t)
 
     t = time.perf_counter()
     for order in ORDERS:
         cfg_o = controls.position_independent(capped[order][0])
         model, records = run(cfg_o, order)
-        _deploy_record(cfg_o, model, records, f"{Notebook.ORDER_ABLATION}-by_stage-{order}-own-lr", results_dir,
-                       run_id)
+        seed.deploy(cfg_o, model, records, f"{Notebook.ORDER_ABLATION}-by_stage-{order}-own-lr")
     part("06 six orders by stage, position-independent learning rates", t)
+
+    t = time.perf_counter()
+    written = seed.write(results_dir, latency=latency, log=log)
+    part(f"{'latency phase and ' if latency else ''}{written} records written", t)
     return seconds

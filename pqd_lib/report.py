@@ -366,7 +366,8 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
     """Every table and figure of ``reports/`` from the records alone; return the paths written.
 
     ``tables/*.md|csv``: methods (mean ± std per method), order_ablation, latency_forms (notebook 07),
-    proxy_correlation, paper_vs_ours, verdicts, provenance; ``summary.md`` gathers verdicts, methods,
+    proxy_correlation, paper_vs_ours, verdicts, seeds_needed, controls, provenance; ``summary.md``
+    gathers verdicts, controls, methods,
     the paper's numbers and provenance. ``figures/*.png``: frontier, order_ablation,
     latency_forms, sparsity_sweep, proxy_vs_latency. The selection (backbone, dataset, preset) keeps
     one cell's records; None keeps all of them.
@@ -440,6 +441,8 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
     written += _save_table(verdicts, tables, "verdicts")
     plan = claims.seeds_plan(df)
     written += _save_table(plan, tables, "seeds_needed")
+    controls = claims.controls_table(df)
+    written += _save_table(controls, tables, "controls")
     origin = provenance(df)
     written += _save_table(origin, tables, "provenance")
 
@@ -455,6 +458,8 @@ def write_report(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", 
         "## Verdicts on the paper's claims", "", markdown_table(verdicts),
         "## Seeds each accuracy comparison needs (80 % power, planned from the seeds so far)", "",
         markdown_table(plan),
+        *(["## Controls (paired differences over seeds, 90 % intervals)", "", markdown_table(controls)]
+          if len(controls) else []),
         "## Methods (mean ± std over seeds)", "", markdown_table(summary_table),
         "## The paper's numbers beside ours", "", markdown_table(paper),
         "## Where the records come from", "", markdown_table(origin),

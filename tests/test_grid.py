@@ -1,13 +1,13 @@
 """One seed's whole grid at smoke scale (pqd grid): validation split, controls, staging, resuming.
 
-One grid is run in three steps and checked after each: a first attempt killed (by an error) in its
-last part publishes nothing; the second attempt trains only the stages the first did not finish,
-every training run evaluating on the validation split; a third finds the seed done.
+One grid is run in four steps and checked after each: a first attempt killed in its last part
+publishes nothing; the second attempt trains only the stages the first did not finish, every
+training run evaluating on the validation split, and times nothing; a third finds the seed done; the
+separate latency phase trains nothing and republishes the same records with their latency.
 """
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
 from pqd_lib import batch, claims, controls, grid, results, train
@@ -54,6 +54,8 @@ def attempts(tmp_path_factory):
         fits.clear()
         out["third"] = batch.run_grid(runs, log=lambda *_: None)
         out["third_fits"] = list(fits)
+        out["timed"] = batch.run_grid(runs, latency=True, log=lambda *_: None)
+        out["timed_fits"], out["timed_records"] = list(fits), results.load_results(root / "results")
     finally:
         mp.undo()
     return out
@@ -112,4 +114,18 @@ def test_the_grid_holds_every_run_and_control_the_verdicts_need(attempts):
     table = claims.verdicts(claims.select(records))
     statements = " ".join(table["statement"])
     assert "position-independent" in statements and "cross-entropy fine-tuning after P → Q" in statements
-    assert isinstance(table, pd.DataFrame)
+    numbers = claims.controls_table(claims.select(records))
+    assert set(numbers["control"]) == {"C4: distillation vs cross-entropy after P → Q", "pre-conditioning",
+                                       "learning rate after Q"}
+    assert numbers["n"].eq(1).all() and len(numbers) == 3 + len(grid.ORDERS)
+
+
+def test_the_latency_phase_trains_nothing_and_times_every_model(attempts):
+    assert attempts["timed"].ok and attempts["timed_fits"] == []
+    before, after = attempts["records"], attempts["timed_records"]
+    assert sorted(after["record_id"]) == sorted(before["record_id"])  # the same records, replaced
+    timed = after[after["kind"].isin([Kind.MEASURED, Kind.DEPLOY])]
+    assert timed["latency_ms_p50"].gt(0).all() and not timed["latency_deferred"].any()
+    assert set(timed["shared_by"]) <= set(range(1, 40)) and timed["protocol"].eq("rounds").all()
+    kept = ["record_id", "top1"]
+    assert before[kept].sort_values("record_id").equals(after[kept].sort_values("record_id"))
