@@ -51,7 +51,7 @@ except ImportError:  # Windows: runs are not locked
 
 from . import backbones as backbones_mod
 from . import config as config_mod
-from ._atomic import atomic_write_text
+from ._atomic import atomic_path, atomic_write_text
 
 __all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "run_grid", "notebook_names",
            "GRID_MARKER", "GRID_LATENCY_MARKER"]
@@ -283,9 +283,39 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+#: An executed notebook larger than this is not kept under reports/ (figures as PNG make a few hundred KB).
+MAX_KEPT_NOTEBOOK_BYTES = 4 * 2**20
+
+
+def kept_notebook_path(run: Run, notebook: str, reports_dir: str | os.PathLike) -> Path:
+    """Where ``--keep-notebooks`` keeps seed 0's executed `notebook`: ``<reports>/<backbone>-<dataset>-<preset>/notebooks/``."""
+    return Path(reports_dir) / f"{run.backbone}-{run.dataset}-{run.preset}" / "notebooks" / notebook
+
+
+def _keep(run: Run, notebook: str, executed: Path, reports_dir: Path | None, log) -> None:
+    """Copy seed 0's executed notebook (real outputs) under reports/, when it is small enough to commit."""
+    if reports_dir is None or run.seed != 0:
+        return
+    size = executed.stat().st_size
+    if size > MAX_KEPT_NOTEBOOK_BYTES:
+        log(f"  NOT KEPT {executed.name} of {run.run_id}: {size / 2**20:.1f} MiB is over the "
+            f"{MAX_KEPT_NOTEBOOK_BYTES / 2**20:.0f} MiB limit for reports/; it stays in {executed.parent}")
+        return
+    target = kept_notebook_path(run, notebook, reports_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(executed, tmp)
+
+
 def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: Path = NOTEBOOKS_DIR,
-              kernel_name: str = "python3", progress: bool = True, log=print) -> BatchResult:
-    """Execute `notebooks` for every run with papermill; skip what is done, list what failed."""
+              kernel_name: str = "python3", progress: bool = True, log=print,
+              keep_notebooks: str | os.PathLike | None = None) -> BatchResult:
+    """Execute `notebooks` for every run with papermill; skip what is done, list what failed.
+
+    `keep_notebooks`: a reports folder; seed 0's executed notebooks (their real outputs) are copied
+    to :func:`kept_notebook_path` under it when they succeed and are at most
+    :data:`MAX_KEPT_NOTEBOOK_BYTES` (a larger one is named in the log and left in the run's folder).
+    """
     import papermill  # the [notebooks] extra: `pip install pqd` alone has no papermill
 
     notebooks_dir = Path(notebooks_dir)
@@ -304,27 +334,35 @@ def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: P
                     bar.update(len(run_jobs))
                     continue
                 for _, nb, params in run_jobs:
-                    _execute(papermill, run, nb, params, notebooks_dir, kernel_name, result, bar)
+                    executed = _execute(papermill, run, nb, params, notebooks_dir, kernel_name, result, bar)
+                    if executed:
+                        _keep(run, nb, run.folder / nb, Path(keep_notebooks) if keep_notebooks else None, log)
                     bar.update()
     bar.close()
-    log(f"pqd batch: {len(result.executed)} executed, {len(result.skipped)} already done, "
-        f"{len(result.failed)} failed")
-    for path, reason in result.failed:
-        log(f"  FAILED {path}\n         {reason}")
-    for run_id in result.busy:
-        log(f"  BUSY   {run_id}: another batch is executing this run (its lock is held); run again later")
+    _log_result(result, f"pqd batch: {len(result.executed)} executed", log)
     return result
 
 
+def _log_result(result: BatchResult, headline: str, log) -> None:
+    """The closing lines of a batch or grid: what ran, what failed (with where to look), what was busy."""
+    log(f"{headline}, {len(result.skipped)} already done, {len(result.failed)} failed")
+    for path, reason in result.failed:
+        log(f"  FAILED {path}\n         {reason}")
+    for run_id in result.busy:
+        log(f"  BUSY   {run_id}: another process is running it (its lock is held); run again later")
+
+
 def _execute(papermill: Any, run: Run, nb: str, params: dict[str, Any], notebooks_dir: Path, kernel_name: str,
-             result: BatchResult, bar: Any) -> None:
-    """Execute one notebook of `run` unless done; publish its staged records only when it succeeds."""
+             result: BatchResult, bar: Any) -> bool:
+    """Execute one notebook of `run` unless done; publish its staged records only when it succeeds.
+
+    Returns True when the notebook was executed now and succeeded."""
     out = run.folder / nb
     marker = run.folder / f"{nb}.done"
     bar.set_postfix_str(f"{run.run_id} {nb}", refresh=False)
     if marker.is_file():
         result.skipped.append(out)
-        return
+        return False
     staging = _staging(run, nb)
     shutil.rmtree(staging, ignore_errors=True)  # records of an earlier failed or killed attempt
     staging.mkdir(parents=True)
@@ -335,12 +373,13 @@ def _execute(papermill: Any, run: Run, nb: str, params: dict[str, Any], notebook
     except Exception as exc:  # papermill raises its own error types and kernel errors alike
         reason = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', str(exc))}"
         result.failed.append((out, reason.splitlines()[0][:300]))
-        return
+        return False
     published = _publish(staging, Path(run.parameters["results_dir"]))
     done = {"run_id": run.run_id, "notebook": nb, "seconds": round(time.perf_counter() - start, 2),
             "records": published, "parameters": params}
     atomic_write_text(marker, json.dumps(done, indent=1))
     result.executed.append(out)
+    return True
 
 
 #: The marker a run's folder gets when :func:`run_grid` has published the whole seed's records
@@ -396,10 +435,5 @@ def run_grid(runs: Sequence[Run], *, latency: bool = False, progress: bool = Fal
                 log(f"pqd grid: {run.run_id}: {published} records published to "
                     f"{Path(p['results_dir'])}/<machine>/{run.run_id}/ in {done['seconds']:.0f} s")
                 result.executed.append(marker)
-    log(f"pqd grid: {len(result.executed)} seeds done now, {len(result.skipped)} done before, "
-        f"{len(result.failed)} failed")
-    for path, reason in result.failed:
-        log(f"  FAILED {path.parent.name}: {reason}")
-    for run_id in result.busy:
-        log(f"  BUSY   {run_id}: another process is running this seed (its lock is held); run again later")
+    _log_result(result, f"pqd grid: {len(result.executed)} seeds {'timed' if latency else 'trained'}", log)
     return result

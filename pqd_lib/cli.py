@@ -86,7 +86,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     runs = batch.plan(args.backbone, args.dataset, args.preset, args.seeds, data_source=args.source,
                       data_root=args.root, results_dir=args.results_dir, runs_dir=args.runs_dir,
                       cache_dir=args.cache_dir)
-    result = batch.run_batch(runs, notebooks, progress=not args.no_progress)
+    result = batch.run_batch(runs, notebooks, progress=not args.no_progress, keep_notebooks=args.keep_notebooks)
     return 0 if result.ok else 1
 
 
@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_batch.add_argument("--results-dir", default=config_mod.DEFAULT_RESULTS_DIR, help="where records are appended")
     p_batch.add_argument("--runs-dir", default="reports/runs", help="where executed notebooks are kept")
     p_batch.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
+    p_batch.add_argument("--keep-notebooks", nargs="?", const="reports", metavar="REPORTS_DIR",
+                         help="copy seed 0's executed notebooks (real outputs, size-checked) to "
+                              "REPORTS_DIR/<backbone>-<dataset>-<preset>/notebooks/ (default reports)")
     p_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_batch.set_defaults(func=_cmd_batch)
     p_grid = sub.add_parser("grid", help="train and record each seed's whole grid (baseline, singles, orders, "

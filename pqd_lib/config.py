@@ -416,6 +416,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     #   total ~126 min <= 2.5 h, leaving ~24 min for latency and sizes. On this AVX2-only CPU
     #   (~310 img/s) the same grid takes ~4.6 h: it resumes across sessions (stage cache).
     # The pilot (width 0.25, 15 epochs, 45,000 images) reached 84.34 % test top-1 (issue 15).
+    # What `pqd grid` trains per seed, counted (tests/test_grid.py checks the shared prefixes): FP32 CE
+    # 4 epochs, FP32 KD 6, QAT CE 16, QAT KD 14 (benchmarks/grid_time.py projects from them). Measured
+    # at smoke scale (240 + 60 validation images, 2 cores loaded ~10x by other jobs; the singles' stages
+    # cached by an earlier attempt): 152 s for the seed -- singles replayed 31 s, 6 orders capped 33 s,
+    # C4 control 13 s, pre-conditioning 11 s (all cache hits), position-independent orders 64 s. Smoke
+    # stages are dominated by fixed costs (QAT prepare/convert, size encodings), not by images: no basis
+    # for the standard projection. The standard baseline trained at 85 images/s beside 5 other jobs
+    # (526 s for its first epoch), a quarter of the quiet pilot's 357.
     "standard": {
         "model": {"width": 0.25},
         "data": {"train_subset": None},

@@ -205,3 +205,21 @@ def test_a_killed_batch_ends_the_kernel_it_started(tmp_path, sig):
     for k in alive:
         os.kill(int(k), signal.SIGKILL)  # do not leave it behind for the next test
     assert not alive, f"kernel(s) {alive} outlived the batch"
+
+
+def test_seed_0s_executed_notebooks_are_kept_under_reports_when_small(tmp_path, monkeypatch):
+    notebooks = _make_notebooks(tmp_path / "nb")
+    runs = batch.plan("resnet18", "cifar10", "smoke", [0, 1], results_dir=tmp_path / "results",
+                      runs_dir=tmp_path / "runs")
+    lines = []
+    monkeypatch.setattr(batch, "MAX_KEPT_NOTEBOOK_BYTES", 10**9)
+    batch.run_batch(runs, ["01_first.ipynb"], notebooks_dir=notebooks, progress=False, log=lines.append,
+                    keep_notebooks=tmp_path / "reports")
+    kept = batch.kept_notebook_path(runs[0], "01_first.ipynb", tmp_path / "reports")
+    assert kept == tmp_path / "reports" / "resnet18-cifar10-smoke" / "notebooks" / "01_first.ipynb"
+    assert kept.read_bytes() == (runs[0].folder / "01_first.ipynb").read_bytes()  # the executed one, outputs included
+    assert [p.name for p in kept.parent.iterdir()] == ["01_first.ipynb"]  # seed 1's is not kept
+    monkeypatch.setattr(batch, "MAX_KEPT_NOTEBOOK_BYTES", 10)
+    batch.run_batch(runs[:1], ["02_second.ipynb"], notebooks_dir=notebooks, progress=False, log=lines.append,
+                    keep_notebooks=tmp_path / "reports")
+    assert not (kept.parent / "02_second.ipynb").exists() and "NOT KEPT 02_second.ipynb" in "\n".join(lines)
