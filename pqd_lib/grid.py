@@ -57,7 +57,6 @@ ORDERS = tuple("".join(p) for p in itertools.permutations("PQD"))
 PRUNE_TARGETS = (0.7, 0.9)
 
 
-
 def _timing(record: dict[str, Any]) -> dict[str, Any]:
     """The fields of a rounds-protocol record that describe the timing (not the model or the machine)."""
     keep = {"runtime", "threads", "batch_size", "protocol", "reference", "shared_by", "images_per_s", "error",
