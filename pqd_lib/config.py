@@ -439,12 +439,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 _SECTIONS = {f.name: f.type for f in fields(RunConfig) if f.name in {
     "data", "model", "train", "prune", "quantize", "distill", "pipeline", "measure"}}
 
-# Fields that say where things go, not what is computed: left out of the hash.
+# Fields that say where things go, not what is computed: left out of the hash. One exception,
+# pipeline.validation_images: what it changes (the images training sees) is already in every cache
+# key through the data's fingerprint, and leaving it out keeps the hash -- run ids, and the tag a
+# half-trained baseline resumes by (train.fit) -- what it was before the field existed, so the
+# standard baselines trained before it resume and are found.
 _UNHASHED = {"results_dir", "cache_dir", "preset", "data.root", "data.download", "train.device",
-             "train.threads", "measure"}
-# Fields added after records and caches were named: they join the hash only when set to something
-# other than this value, so every existing run id and cache entry keeps its name.
-_HASHED_WHEN_SET = {"pipeline.validation_images": 0}
+             "train.threads", "measure", "pipeline.validation_images"}
 
 
 # ---------------------------------------------------------------------------
@@ -716,13 +717,12 @@ def config_hash(cfg: RunConfig, sections: tuple[str, ...] | None = None, length:
     names the baseline teacher independently of the stage settings.
     """
     d = to_dict(cfg)
-    for dotted in (*_UNHASHED, *_HASHED_WHEN_SET):
+    for dotted in _UNHASHED:
         node = d
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.get(p, {})
-        if dotted in _UNHASHED or node.get(leaf) == _HASHED_WHEN_SET[dotted]:
-            node.pop(leaf, None)
+        node.pop(leaf, None)
     if sections is not None:
         d = {k: v for k, v in d.items() if k in sections}
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
