@@ -105,6 +105,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
             for row in claims.c6(records):
                 print(f"C6 (every cell, per CPU class): {row['verdict']}: {paths[0]}")
             continue
+        if key == ("summary",):
+            print(f"cross-backbone summary (every backbone, measured or not): {paths[0]}")
+            continue
         backbone, dataset, preset = key[:3]
         machine = key[3] if len(key) > 3 else args.machine
         print(f"{' '.join(key)}: {len(paths)} files in {Path(paths[-1]).parent}/")
