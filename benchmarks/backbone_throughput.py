@@ -3,8 +3,10 @@
 Every figure is a *ratio* against ResNet-18 at the ``mini`` width (0.25), timed in the same minute:
 each block of a backbone (FP32 training, QAT training, evaluation) sits between two blocks of the
 reference in the same mode, and its ratio is the reference's images/s (geometric mean of the two
-blocks around it) over the backbone's. A loaded machine slows both sides alike, so the ratio holds
-where absolute images/s do not. The ratio turns into a time per ``mini`` seed through the one cost
+blocks around it) over the backbone's; ``--rounds`` repeats that and takes the median ratio (the
+min-max over rounds is printed as its spread). A loaded machine slows both sides alike, so the
+ratio holds where absolute images/s do not; the MAC ratio (``measure.proxies``, per image, forward)
+is printed beside it as the load-free expectation. The ratio turns into a time per ``mini`` seed through the one cost
 that was measured end to end: ResNet-18's ``mini`` grid (notebooks 01-06, one seed) took 47-53 min
 on a quiet 2-core Zen 4 (AVX-512 VNNI) VM (:data:`pqd_lib.config.PRESETS`' comment), and its FP32
 training runs 2.18x slower on the 2-core AVX2-only EPYC (676 vs 310 images/s, the ``standard``
@@ -25,6 +27,7 @@ import argparse
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 
@@ -34,6 +37,7 @@ from pqd_lib import config as C
 from pqd_lib import data as D
 from pqd_lib import hardware, models, train
 from pqd_lib.backbones import check_width
+from pqd_lib.measure.proxies import layer_macs
 from pqd_lib.stages import quantize
 
 #: ResNet-18's ``mini`` seed (notebooks 01-06) in minutes on 2 quiet Zen 4 cores (PRESETS' comment).
@@ -83,6 +87,11 @@ def _images_per_s(step: Callable[[], int], seconds: float, min_steps: int = 2) -
     return images / (time.perf_counter() - start)
 
 
+def _macs(name: str, width: float) -> int:
+    """Forward multiply-accumulates per 32x32 image (every conv and linear layer)."""
+    return sum(layer_macs(models.build(name, num_classes=10, width=width)).values())
+
+
 def _seed_minutes(time_factor: float) -> tuple[float, float, float, float]:
     """(Zen 4 low, high, AVX2 low, high) minutes of one ``mini`` seed at `time_factor` x ResNet-18's cost."""
     lo, hi = (m * time_factor for m in REFERENCE_MINI_MINUTES_ZEN4)
@@ -113,6 +122,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds per timed block (>= 2 steps each)")
     parser.add_argument("--modes", default=",".join(MODES), help="fp32, qat, eval (comma-separated)")
+    parser.add_argument("--rounds", type=int, default=1, help="reference/backbone/reference rounds; median ratio")
     parser.add_argument("--budget-min", type=float, default=120.0, help="minutes one mini seed may take")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,17 +138,25 @@ def main() -> None:
     refs = {m: _stepper(*REFERENCE, m, splits) for m in modes}
     start = time.perf_counter()
     rows = []
-    print(f"{'backbone':10} {'width':>7} {'mode':5} {'img/s':>8} {'ref img/s':>10} {'time x ref':>10}")
+    ref_macs = _macs(*REFERENCE)
+    print(f"{'backbone':10} {'width':>7} {'MACs x ref':>10} {'mode':5} {'img/s':>8} {'ref img/s':>10} "
+          f"{'time x ref':>10}  spread over rounds")
     for name, width in settings:
         factors = {}
+        mac_ratio = _macs(name, width) / ref_macs
         for mode in modes:
-            before = _images_per_s(refs[mode], args.seconds)
-            ips = _images_per_s(_stepper(name, width, mode, splits), args.seconds)
-            after = _images_per_s(refs[mode], args.seconds)
-            ref = math.sqrt(before * after)
-            factors[mode] = ref / ips
-            print(f"{name:10} {width:7g} {mode:5} {ips:8.1f} {ref:10.1f} {factors[mode]:10.2f}"
-                  f"   (ref blocks {before:.1f} / {after:.1f})", flush=True)
+            step = _stepper(name, width, mode, splits)
+            ratios, speeds, ref_speeds = [], [], []
+            for _ in range(args.rounds):
+                before = _images_per_s(refs[mode], args.seconds)
+                speeds.append(_images_per_s(step, args.seconds))
+                after = _images_per_s(refs[mode], args.seconds)
+                ref_speeds.append(math.sqrt(before * after))
+                ratios.append(ref_speeds[-1] / speeds[-1])
+            factors[mode] = statistics.median(ratios)
+            print(f"{name:10} {width:7g} {mac_ratio:10.2f} {mode:5} {statistics.median(speeds):8.1f} "
+                  f"{statistics.median(ref_speeds):10.1f} {factors[mode]:10.2f}  "
+                  f"[{min(ratios):.2f}, {max(ratios):.2f}] over {len(ratios)}", flush=True)
         rows.append((name, width, factors))
     print(f"\n## One mini seed (notebooks 01-06) at the largest ratio, minutes on 2 cores "
           f"(ResNet-18 w{REFERENCE[1]}: Zen 4 {REFERENCE_MINI_MINUTES_ZEN4[0]:g}-{REFERENCE_MINI_MINUTES_ZEN4[1]:g}, "

@@ -2,7 +2,7 @@
 
     pqd train  [PARAMS.yaml] [--preset P] [--source S] [--set key=value ...]   train/cache the FP32 baseline
     pqd run    [PARAMS.yaml] [--order PQD] ...                                 run the ordered pipeline
-    pqd batch  --backbone B --dataset D --preset P --seeds 0 1 2               run the notebooks with papermill
+    pqd batch  --backbone B --dataset D --preset P --seeds 0 1 2 [--commit]    run the notebooks with papermill
     pqd report [--results-dir reports/results] [--out reports]                 tables, figures, verdicts from records
 
 Every subcommand resolves a :class:`~pqd_lib.config.RunConfig` the same way as the notebooks
@@ -85,7 +85,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     runs = batch.plan(args.backbone, args.dataset, args.preset, args.seeds, data_source=args.source,
                       data_root=args.root, results_dir=args.results_dir, runs_dir=args.runs_dir,
                       cache_dir=args.cache_dir)
-    result = batch.run_batch(runs, notebooks, progress=not args.no_progress)
+    if args.commit:
+        batch.git_root(args.results_dir)  # one line before any notebook runs when there is no work tree
+    result = batch.run_batch(runs, notebooks, progress=not args.no_progress,
+                             after_run=batch.commit_run if args.commit else None)
     return 0 if result.ok else 1
 
 
@@ -129,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--order", help="stage order over P, Q, D, e.g. PQD (shorthand for --set pipeline.order=...)")
     p_run.set_defaults(func=_cmd_run)
     p_batch = sub.add_parser("batch", help="run the numbered notebooks with papermill, one folder per run, resumable")
-    p_batch.add_argument("--backbone", required=True, help="resnet18, wrn28_10, vgg16_bn or all")
+    p_batch.add_argument("--backbone", required=True, help="resnet18, wrn28_10, vgg16_bn, a comma-separated list of them, or all")
     p_batch.add_argument("--dataset", required=True, help="cifar10, cifar100 or all")
     p_batch.add_argument("--preset", required=True, help="smoke, mini or paper")
     p_batch.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -140,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_batch.add_argument("--runs-dir", default="reports/runs", help="where executed notebooks are kept")
     p_batch.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
     p_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_batch.add_argument("--commit", action="store_true",
+                         help="git-commit each run's records and done markers as soon as its notebooks finish "
+                              "(one commit per backbone x dataset x seed), so a later session continues")
     p_batch.set_defaults(func=_cmd_batch)
     p_report = sub.add_parser("report", help="regenerate reports/ (tables, figures, claim verdicts) from the records")
     p_report.add_argument("--results-dir", default=config_mod.DEFAULT_RESULTS_DIR, help="the results store to read")
