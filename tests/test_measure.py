@@ -4,6 +4,16 @@ Oracles: a fake clock for the statistics (exact percentiles), hand-computed byte
 encodings, torch's published ResNet-18 CIFAR size (555.4 M MACs, 11.17 M parameters), the PyTorch
 INT8 model's own weights for the ONNX export, and the dense model's outputs for the CSR kernels.
 Everything that times or exports uses width 0.125 and a handful of runs.
+
+The INT8 agreement tests catch the saturation of x86 kernels without VNNI only when they run on such
+a kernel path. On a CI machine *with* AVX-512 VNNI, run them once more with the libraries limited to
+their AVX2 kernels: ``FBGEMM_ENABLE_INSTRUCTIONS=AVX2`` (FBGEMM's dispatch override, read by the copy
+inside libtorch_cpu; values AVX2, AVX512, AVX512_E1 = VNNI, ...) and ``ONEDNN_MAX_CPU_ISA=AVX2``
+(oneDNN's documented dispatcher control, "CPU Dispatcher Control" in its developer guide), both set
+before torch is imported. pqd's own VNNI check (``torch.cpu.get_capabilities``) does not see them,
+so under them a full-range model is not refused: that job checks the 7-bit default only. ONNX
+Runtime's MLAS kernels and OpenVINO document no such limit. Not verified here: the project's
+machines at hand have no VNNI.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def _retimed(runs: pd.DataFrame, machine: str, ms: dict[str, float], *, vnni: bo
     out = []
     for (sig, threads, batch), recs in retime.plan(runs, vnni=vnni).items():
         rel = ms[sig.deploy] / 2.0
-        out.append({"record_id": f"retime-{sig.label}-{threads}-{batch}", "kind": Kind.RETIMED, "machine": machine,
+        out.append({"record_id": f"retime-w{sig.width:g}-{sig.label}-{threads}-{batch}", "kind": Kind.RETIMED, "machine": machine,
                     "backbone": sig.backbone, "dataset": "cifar10", "preset": "mini", "width": sig.width,
                     "deploy": sig.deploy, "runtime": sig.runtime, "target_sparsity": sig.sparsity,
                     "form": "int8" if "int8" in sig.deploy else "fp32", "model": sig.label,
