@@ -178,11 +178,17 @@ def estimate_seconds(needed: Iterable[tuple[Signature, int, int]], cfg: MeasureC
     """
     call_ms = call_ms or _guess_ms
     total = 0.0
+    built: set[tuple] = set()
     for (backbone, classes, width, threads, batch), sigs in _comparisons(needed).items():
         ref = Signature(backbone, classes, width, *_REFERENCE)
         blocks = [ref, ref, ref] + [s for s in sigs if (s.deploy, s.runtime, s.sparsity) != _REFERENCE]
         per_round = sum(max(cfg.block_seconds, call_ms(s, threads, batch) / 1e3) for s in blocks)
-        total += per_round * cfg.rounds * 1.15 + 5.0 * len(blocks)  # ~15 % re-run rounds on a quiet machine
+        total += per_round * cfg.rounds * 1.15 + 5.0 * len(blocks)  # ~15 % re-run rounds; start, warm-up
+        for s in sigs:  # each model is built once: ~15 s per ONNX export or quantization, ~3 s otherwise
+            key = (backbone, classes, width, s.deploy, s.sparsity)
+            if key not in built:
+                built.add(key)
+                total += 15.0 if s.deploy.startswith("onnx") else 3.0
     return total
 
 
