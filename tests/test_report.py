@@ -61,13 +61,19 @@ def _summary_records():
     return _records().assign(machine="m1")
 
 
-def test_summary_has_a_row_per_backbone_and_makes_up_no_number_for_the_unmeasured():
+def _summary(tmp_path, records):
+    written = report.write_reports(records, tmp_path / "out")
+    return report.backbone_summary(records, written, tmp_path / "out")
+
+
+def test_summary_has_a_row_per_backbone_and_makes_up_no_number_for_the_unmeasured(tmp_path):
     from pqd_lib.backbones import BACKBONES
 
-    table = report.backbone_summary(_summary_records())
+    table = _summary(tmp_path, _summary_records())
     assert list(table["backbone"]) == list(BACKBONES)
     measured = table.set_index("backbone").loc["resnet18"]
     assert measured["report"] == "[resnet18-cifar10-mini](resnet18-cifar10-mini/summary.md)"
+    assert measured["machine"] == "m1" and measured["width"] == "0.25"
     assert measured["seeds"] == 3 and " ± " in measured["FP32 top-1 (ours, %)"]  # mean ± std over 3 seeds
     assert float(measured["FP32 top-1 (ours, %)"].split(" ± ")[0]) == pytest.approx(80, abs=0.5)
     assert measured["C3"] == "holds"  # the synthetic P → Q → D leads every order by 2 pp
@@ -84,14 +90,14 @@ def test_summary_has_a_row_per_backbone_and_makes_up_no_number_for_the_unmeasure
 def test_readme_summary_replaces_only_its_own_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# Reports\n\nhand-written text\n")
-    table = report.backbone_summary(_summary_records())
+    table = _summary(tmp_path, _summary_records())
     report.write_readme_summary(table, readme, c6_statement="C6 statement")
     first = readme.read_text()
     assert first.startswith("# Reports\n\n" + report.SUMMARY_BEGIN) and first.endswith("hand-written text\n")
     assert "not measured yet" in first and "reduced width and budget" in first and "C6 statement" in first
     report.write_readme_summary(table, readme, c6_statement="C6 statement")
     assert readme.read_text() == first  # regenerating changes nothing
-    empty = report.backbone_summary(_summary_records().iloc[:0])
+    empty = report.backbone_summary(_summary_records().iloc[:0], {}, tmp_path)
     report.write_readme_summary(empty, readme, c6_statement="C6 statement")
     again = readme.read_text()
     assert again.count(report.SUMMARY_BEGIN) == 1 and "resnet18-cifar10-mini" not in again
