@@ -102,6 +102,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     records = results.load_results(args.results_dir)
     written = report.write_reports(records, args.out, backbone=args.backbone, dataset=args.dataset,
                                    preset=args.preset, machine=args.machine)
+    if written and not any((args.backbone, args.dataset, args.preset, args.machine)):
+        # Every backbone, measured or not, at the top of the README: a reader sees all three at a glance.
+        summary = report.backbone_summary(records, written, args.out)
+        written[("summary",)] = [report.write_readme_summary(summary, Path(args.out) / "README.md",
+                                                             c6_statement=claims.c6(records)[0]["statement"])]
     if not written:
         print(f"pqd report: no records under {args.results_dir} match the selection; fill the store with "
               "pqd batch (see reports/README.md)", file=sys.stderr)

@@ -513,10 +513,6 @@ def write_reports(records: pd.DataFrame, out_dir: str | os.PathLike = "reports",
     if backbone is None and dataset is None and preset is None and c6[0]["evidence"].split(":")[0] != "not measured":
         # C6 is a machine's claim, not a trained cell's: latency at full width needs no training.
         out[("c6",)] = _save_table(pd.DataFrame(c6), Path(out_dir), "c6_paper_latency")
-    if backbone is None and dataset is None and preset is None and machine is None:
-        # Every backbone, measured or not, at the top of the README: a reader sees all three at a glance.
-        summary = backbone_summary(records, out, out_dir)
-        out[("summary",)] = [write_readme_summary(summary, Path(out_dir) / "README.md", c6_statement=c6[0]["statement"])]
     return out
 
 

@@ -104,14 +104,17 @@ def test_readme_summary_replaces_only_its_own_block(tmp_path):
     assert again.endswith("hand-written text\n")
 
 
-def test_pqd_report_writes_the_summary_beside_the_cells(tmp_path):
-    from pqd_lib import results
+def test_pqd_report_writes_the_summary_beside_the_cells(tmp_path, capsys):
+    from pqd_lib import cli, results
 
     store = tmp_path / "results"
     for i, row in enumerate(_summary_records().drop(columns="machine").to_dict("records")):
         results.append({**row, "record_id": f"r{i}"}, store)
-    written = report.write_reports(results.load_results(store), tmp_path / "out")
-    (readme,) = written[("summary",)]
-    text = readme.read_text()
+    assert cli.main(["report", "--results-dir", str(store), "--out", str(tmp_path / "out")]) == 0
+    assert "cross-backbone summary" in capsys.readouterr().out
+    text = (tmp_path / "out" / "README.md").read_text()
     assert "[resnet18-cifar10-mini](resnet18-cifar10-mini/summary.md)" in text
     assert (tmp_path / "out" / "resnet18-cifar10-mini" / "summary.md").is_file()  # the link points at a file
+    # A selection writes its cells only: a summary of every backbone needs every record.
+    assert cli.main(["report", "--results-dir", str(store), "--out", str(tmp_path / "o2"), "--preset", "mini"]) == 0
+    assert not (tmp_path / "o2" / "README.md").exists()
