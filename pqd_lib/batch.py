@@ -14,6 +14,11 @@ folder ``<results>/.staging/<run id>/<notebook>/`` (hidden from :func:`pqd_lib.r
 and they are moved into the store (the same relative paths) after papermill returns. A failed or
 killed notebook leaves its records staged, never counted; redoing it clears them first.
 
+With ``--commit`` each run's published records and its ``.done`` markers (which hold each notebook's
+wall time) are committed to git as soon as the run's notebooks have finished, one commit per
+backbone x dataset x seed: a session that ends mid-grid leaves every finished seed in the history, and
+a later session on a fresh clone skips what the committed markers say is done.
+
 One batch at a time per run: a run's folder holds a lock (``flock`` on ``.lock``, released by the
 kernel even when the batch is killed) while its notebooks execute; a second batch of the same run
 skips it and says so. A batch ended by SIGTERM or Ctrl-C shuts down the kernel it started (a
@@ -34,10 +39,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +60,7 @@ from . import config as config_mod
 from ._atomic import atomic_path, atomic_write_text
 
 __all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "run_grid", "notebook_names",
-           "GRID_MARKER", "GRID_LATENCY_MARKER"]
+           "git_root", "commit_run", "GRID_MARKER", "GRID_LATENCY_MARKER"]
 
 BACKBONES = backbones_mod.BACKBONES
 DATASETS = ("cifar10", "cifar100")
@@ -117,7 +123,8 @@ def notebook_names(notebooks_dir: Path = NOTEBOOKS_DIR, select: str | None = Non
 
 
 def _expand(value: str, allowed: Sequence[str], what: str) -> list[str]:
-    values = list(allowed) if value == "all" else [value]
+    """'all' -> every allowed value; else one value or a comma-separated list (e.g. ``wrn28_10,vgg16_bn``)."""
+    values = list(allowed) if value == "all" else list(dict.fromkeys(v.strip() for v in value.split(",")))
     for v in values:
         if v not in allowed:
             raise BatchError(f"--{what}: {v!r} is not known; choose one of {', '.join(allowed)} or 'all'")
@@ -309,12 +316,15 @@ def _keep(run: Run, notebook: str, executed: Path, reports_dir: Path | None, log
 
 def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: Path = NOTEBOOKS_DIR,
               kernel_name: str = "python3", progress: bool = True, log=print,
+              after_run: Callable[[Run, Sequence[str]], None] | None = None,
               keep_notebooks: str | os.PathLike | None = None) -> BatchResult:
     """Execute `notebooks` for every run with papermill; skip what is done, list what failed.
 
-    `keep_notebooks`: a reports folder; seed 0's executed notebooks (their real outputs) are copied
-    to :func:`kept_notebook_path` under it when they succeed and are at most
-    :data:`MAX_KEPT_NOTEBOOK_BYTES` (a larger one is named in the log and left in the run's folder).
+    `after_run(run, notebooks)` is called once per run after its notebooks (done, skipped or failed),
+    while the run's lock is still held, e.g. :func:`commit_run`. `keep_notebooks`: a reports folder;
+    seed 0's executed notebooks (their real outputs) are copied to :func:`kept_notebook_path` under it
+    when they succeed and are at most :data:`MAX_KEPT_NOTEBOOK_BYTES` (a larger one is named in the
+    log and left in the run's folder).
     """
     import papermill  # the [notebooks] extra: `pip install pqd` alone has no papermill
 
@@ -338,6 +348,8 @@ def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: P
                     if executed:
                         _keep(run, nb, run.folder / nb, Path(keep_notebooks) if keep_notebooks else None, log)
                     bar.update()
+                if after_run is not None:
+                    after_run(run, [nb for _, nb, _ in run_jobs])
     bar.close()
     _log_result(result, f"pqd batch: {len(result.executed)} executed", log)
     return result
@@ -387,7 +399,8 @@ def _execute(papermill: Any, run: Run, nb: str, params: dict[str, Any], notebook
 GRID_MARKER, GRID_LATENCY_MARKER = "grid.done", "grid-latency.done"
 
 
-def run_grid(runs: Sequence[Run], *, latency: bool = False, progress: bool = False, log=print) -> BatchResult:
+def run_grid(runs: Sequence[Run], *, latency: bool = False, progress: bool = False, log=print,
+             after_run: Callable[[Run, Sequence[str]], None] | None = None) -> BatchResult:
     """Train and record each run's (seed's) whole grid with :func:`pqd_lib.grid.run_seed`; skip seeds already done.
 
     A seed's records are written to the staging folder ``<results>/.staging/<run id>/grid/`` and
@@ -399,6 +412,8 @@ def run_grid(runs: Sequence[Run], *, latency: bool = False, progress: bool = Fal
     `latency`: the separate latency phase (a quiet machine, after training): every stage is
     replayed from the cache, the models are timed and the seed's records are published again with
     their latency (same ids, replacing the untimed ones); its marker is :data:`GRID_LATENCY_MARKER`.
+    `after_run(run, [marker stem])` is called after each seed that published, with its lock held
+    (:func:`commit_run` commits the records and the marker: one commit per seed).
     """
     from . import grid  # torch and the stages: only when a grid really runs
 
@@ -435,5 +450,56 @@ def run_grid(runs: Sequence[Run], *, latency: bool = False, progress: bool = Fal
                 log(f"pqd grid: {run.run_id}: {published} records published to "
                     f"{Path(p['results_dir'])}/<machine>/{run.run_id}/ in {done['seconds']:.0f} s")
                 result.executed.append(marker)
+                if after_run is not None:
+                    after_run(run, [marker.name.removesuffix(".done")])
     _log_result(result, f"pqd grid: {len(result.executed)} seeds {'timed' if latency else 'trained'}", log)
     return result
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+
+
+def git_root(path: str | os.PathLike) -> Path:
+    """The work tree holding `path` (or its nearest existing parent); BatchError when there is none."""
+    existing = Path(path).resolve()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        found = _git(existing, "rev-parse", "--show-toplevel")
+    except FileNotFoundError:
+        raise BatchError("--commit: git is not installed; install it or run without --commit") from None
+    if found.returncode != 0:
+        raise BatchError(f"--commit: {path} is not inside a git work tree; run from a clone or without --commit")
+    return Path(found.stdout.strip())
+
+
+def commit_run(run: Run, notebooks: Sequence[str], *, log=print) -> bool:
+    """Commit `run`'s records and ``.done`` markers to git (one commit per run); return True when one was made.
+
+    Adds the results store (its hidden staging folder left out: a failed notebook's records are not
+    results) and the run's markers (their folder is git-ignored, so they are added by name: they are
+    what lets a later session skip the finished notebooks, and they hold each notebook's wall time).
+    The commit touches only those paths, whatever else is staged. A git failure is logged in one line
+    and the batch goes on: the records stay on disk for the next commit.
+    """
+    results_dir = Path(run.parameters["results_dir"])
+    repo = git_root(results_dir)
+    markers = [run.folder / f"{nb}.done" for nb in notebooks if (run.folder / f"{nb}.done").is_file()]
+    paths = [str(p) for p in (results_dir, *markers) if p.exists()]
+    if not paths:
+        return False
+    staged = _git(repo, "add", "--force", "--", *paths, f":(exclude){results_dir / STAGING}")
+    if staged.returncode == 0 and _git(repo, "diff", "--cached", "--quiet", "--", *paths).returncode == 0:
+        return False  # nothing new since the last commit (e.g. every notebook was already done)
+    seconds = {m.name.removesuffix(".done"): json.loads(m.read_text()).get("seconds", 0.0) for m in markers}
+    body = "\n".join(f"{nb}: {s / 60:.1f} min" for nb, s in seconds.items())
+    title = (f"records: {run.run_id}, {len(markers)}/{len(notebooks)} notebooks done "
+             f"({sum(seconds.values()) / 60:.0f} min of notebook time)")
+    made = staged if staged.returncode != 0 else _git(repo, "commit", "--quiet", "-m", title, "-m", body, "--", *paths)
+    if made.returncode != 0:
+        log(f"  GIT    {run.run_id}: not committed ({(made.stderr or made.stdout).strip().splitlines()[-1:]}); "
+            "the records stay on disk")
+        return False
+    log(f"  COMMIT {run.run_id}: {title}")
+    return True
