@@ -335,6 +335,9 @@ class MeasureConfig(_Section, section='measure'):
     max_reruns: int = _f(10, ge=0)
     # Pin each timed process to `threads` cores (os.sched_setaffinity) before torch is imported.
     pin_cores: bool = True
+    # The width notebook 07 times beside the trained one: the paper's full width, where INT8's
+    # arithmetic saving shows (at the CPU presets' widths INT8 can be slower than FP32).
+    latency_width: float = _f(1.0, gt=0, le=4)
 
 
 @dataclass(frozen=True)
@@ -390,6 +393,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rounds": 3,
             "block_seconds": 0.01,
             "max_reruns": 0,
+            # A narrow stand-in for the full width: building, exporting and timing full-width models
+            # (a CSR forward pass alone ~0.65 s) made notebook 07 the slowest item of `make test`.
+            "latency_width": 0.25,
         },
     },
     # Real data, reduced widths/epochs: the protocol run and reported on 2 CPU cores.

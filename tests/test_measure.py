@@ -77,6 +77,17 @@ def tiny_qat_int8():
     return prepared, Q.convert(prepared)
 
 
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny, tiny_qat_int8, tmp_path_factory):
+    """{"fp32", "qat"}: the tiny ResNet and its QAT twin exported to ONNX once for the module's tests
+    (the dynamo exporter takes seconds per call; the tests only read the files)."""
+    from pqd_lib.measure import onnx_runtime as O
+
+    work = tmp_path_factory.mktemp("onnx")
+    prepared, _ = tiny_qat_int8
+    return {"fp32": O.export_onnx(tiny, work / "fp32.onnx"), "qat": O.export_qat_onnx(prepared, work / "qat.onnx")}
+
+
 # ---------------------------------------------------------------------------
 # The protocol's statistics on a fake clock
 # ---------------------------------------------------------------------------
@@ -349,16 +360,15 @@ def test_accuracy_top1_top5_against_known_predictions():
 # ---------------------------------------------------------------------------
 # ONNX Runtime
 # ---------------------------------------------------------------------------
-def test_onnx_exports_quantize_and_time(tiny, tiny_qat_int8, tmp_path):
+def test_onnx_exports_quantize_and_time(tiny, tiny_qat_int8, tiny_onnx, tmp_path):
     from onnx import load, numpy_helper
 
     from pqd_lib.measure import onnx_runtime as O
     from pqd_lib.stages import quantize as Q
 
-    prepared, int8 = tiny_qat_int8
-    fp32 = O.export_onnx(tiny, tmp_path / "fp32.onnx")
+    _, int8 = tiny_qat_int8
+    fp32, qat = tiny_onnx["fp32"], tiny_onnx["qat"]
     ort_int8 = O.quantize_static_onnx(fp32, tmp_path / "ort_int8.onnx", torch.randn(32, 3, 32, 32), batch_size=16)
-    qat = O.export_qat_onnx(prepared, tmp_path / "qat.onnx")
     assert O.onnx_form(fp32) == "fp32" and O.onnx_form(ort_int8) == "int8" and O.onnx_form(qat) == "int8"
 
     x = torch.randn(5, 3, 32, 32)  # a batch size unseen at export: the batch axis is dynamic
@@ -382,19 +392,17 @@ def _sqnr_db(reference, other):
     return math.inf if noise == 0 else 10 * math.log10(float((reference.astype(np.float64) ** 2).sum()) / noise)
 
 
-def test_onnx_int8_kernels_agree_with_the_float_run_of_the_same_file(tiny, tiny_qat_int8, tmp_path):
+def test_onnx_int8_kernels_agree_with_the_float_run_of_the_same_file(tiny_onnx, tmp_path):
     """ORT's integer kernels against the oracle of the same QDQ file run op by op in float: catches the
     u8 x s8 16-bit saturation of CPUs without VNNI. Measured on AMD EPYC AVX2 with this setup: ORT's
     U8S8 post-training INT8 27.9 dB, the U8U8 chosen there 52.9 dB; the QAT export with 0..127
     activations 37.5 dB, with 0..255 24.8 dB (with a trained model: 14.3, 48.3, 31.8, 14.4 dB)."""
     from pqd_lib.measure import onnx_runtime as O
 
-    prepared, _ = tiny_qat_int8
     torch.manual_seed(0)
     calibration, x = torch.randn(64, 3, 32, 32), torch.randn(64, 3, 32, 32)
-    fp32 = O.export_onnx(tiny, tmp_path / "fp32.onnx")
-    ptq = O.quantize_static_onnx(fp32, tmp_path / "ptq.onnx", calibration, batch_size=32)
-    qat = O.export_qat_onnx(prepared, tmp_path / "qat.onnx")
+    ptq = O.quantize_static_onnx(tiny_onnx["fp32"], tmp_path / "ptq.onnx", calibration, batch_size=32)
+    qat = tiny_onnx["qat"]
     assert O.read_metadata(qat)["pqd_reduce_range"] == "true"
     for path, floor in ((ptq, 35.0), (qat, 30.0)):
         kernels = O.predict(O.session(path), x)
@@ -440,11 +448,10 @@ def test_qat_onnx_clamps_7bit_activations_like_fake_quant_and_keeps_integer_kern
         assert _sqnr_db(fake_quant, V.predict(qat, x)) > 25
 
 
-def test_onnx_accuracy_matches_torch(tiny, tmp_path):
-    from pqd_lib.measure import onnx_runtime as O
+def test_onnx_accuracy_matches_torch(tiny, tiny_onnx):
     from pqd_lib.measure.accuracy import accuracy
 
-    path = O.export_onnx(tiny, tmp_path / "m.onnx")
+    path = tiny_onnx["fp32"]
     x = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
     y = torch.randint(0, 10, (40,))
     kw = dict(x=x, y=y, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -704,24 +711,19 @@ def test_c6_verdict_reads_batch1_and_batch32_records():
 
 
 
-def test_openvino_runs_the_onnx_files_pqd_writes(tiny, tmp_path):
+def test_openvino_runs_the_onnx_files_pqd_writes(tiny, tiny_onnx):
     """OpenVINO (optional extra) reads pqd's FP32 and QAT QDQ files and computes what ONNX Runtime computes."""
     pytest.importorskip("openvino", reason="the optional 'openvino' extra is not installed")
     from pqd_lib.measure import onnx_runtime as O
     from pqd_lib.measure import openvino_runtime as V
-    from pqd_lib.stages import quantize as Q
 
-    fp32 = O.export_onnx(tiny, tmp_path / "fp32.onnx")
+    fp32, qat = tiny_onnx["fp32"], tiny_onnx["qat"]
     x = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
         assert np.allclose(V.predict(fp32, x, batch_size=4), tiny(x).numpy(), atol=1e-4)  # 4 + a ragged 2
-    # 7-bit activations: ONNX Runtime is exact on every x86 CPU then (no u8s8 saturation without VNNI).
-    torch.manual_seed(0)
-    prepared = Q.prepare_qat(build(**ARCH), reduce_range=True)
-    with torch.no_grad():
-        prepared(torch.randn(32, 3, 32, 32))
-    Q.freeze_observers(prepared)
-    qat = O.export_qat_onnx(prepared.eval(), tmp_path / "qat.onnx")
+    # 7-bit activations (the QAT twin's reduce_range): ONNX Runtime is exact on every x86 CPU then
+    # (no u8s8 saturation without VNNI).
+    assert O.read_metadata(qat)["pqd_reduce_range"] == "true"
     ov, ort = V.predict(qat, x), O.predict(qat, x)
     sqnr_db = 10 * np.log10((ort ** 2).sum() / ((ov - ort) ** 2).sum())
     assert ov.shape == (6, 10) and sqnr_db > 25  # measured 34 dB: requantisation rounding only

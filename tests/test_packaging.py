@@ -91,6 +91,14 @@ def test_the_library_needs_no_extra(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_importing_the_library_does_not_import_torchvision():
+    """Only data.source "torchvision" needs torchvision (~3 s of CPU to import): a rounds-protocol latency
+    worker, one per timed model, and a notebook kernel on other sources start without it."""
+    code = "import sys, pqd_lib, pqd_lib.measure.rounds; assert 'torchvision' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_public_names_resolve_and_never_shadow_a_submodule():
     import importlib
     import pkgutil

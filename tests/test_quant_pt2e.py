@@ -118,8 +118,9 @@ def test_q_freezes_observers_and_bn_and_a_later_stage_retrains_then_refreezes(pq
     assert _frozen(out["D"])
 
 
-def test_frozen_bn_stays_frozen_when_the_training_loop_switches_modes():
-    prepared = Q2.prepare_qat(_model(), reduce_range=True)
+def test_frozen_bn_stays_frozen_when_the_training_loop_switches_modes(pqd_run):
+    (out, _, _) = pqd_run
+    prepared = copy.deepcopy(out["D"])  # a prepared model of its own, without a third prepare_pt2e
     Q2.freeze_bn_stats(prepared)
     prepared = copy.deepcopy(prepared)  # the mode switch and the freeze survive a copy
     before = _running_means(prepared)

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 
 from ..config import DataConfig
@@ -208,6 +207,10 @@ def _load_embedded(info: DatasetInfo, cfg: DataConfig, cache: Path) -> DataSplit
 
 # --- source: torchvision ----------------------------------------------------
 def _load_torchvision(info: DatasetInfo, cfg: DataConfig, cache: Path) -> DataSplits:
+    # Imported here, not at the top: importing torchvision costs ~3 s of CPU, which every process that
+    # imports pqd_lib would pay (each latency worker of the rounds protocol, each notebook kernel).
+    import torchvision
+
     tv_cls = getattr(torchvision.datasets, info.torchvision_class)
     root = data_root(cfg).resolve()
     base = root / tv_cls.base_folder
