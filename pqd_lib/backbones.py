@@ -32,8 +32,13 @@ def scale_channels(channels: int, width: float) -> int:
 def check_width(name: str, width: float) -> None:
     """Raise ValueError (one line) when `width` rounds a layer of backbone `name` to zero channels.
 
-    x86 INT8 kernels (fbgemm/oneDNN) accept convolutions down to one channel (checked with a
-    1-channel conv-BN-ReLU through QAT and ``convert_fx``), so one channel is the floor.
+    Zero channels is the only floor: the x86 INT8 kernels have no minimum channel count. Neither
+    fbgemm nor oneDNN documents one, and WRN-28-10 at the narrowest width accepted here (1/32: a
+    1-channel stem conv, 1-channel BN-ReLU inputs of the first block) goes through FX QAT,
+    ``convert_fx`` and an INT8 forward pass on the x86, fbgemm and onednn engines alike (torch 2.14.1;
+    ``tests/test_config.py`` keeps that checked), as do ResNet-18 and VGG-16-BN at 1/128 (their
+    1-channel first convolutions). So no "narrower than INT8 accepts" check exists: there is nothing
+    to check against.
     """
     narrowest = NARROWEST_LAYER[name]
     if math.floor(narrowest * width + 0.5) < 1:

@@ -14,6 +14,11 @@ folder ``<results>/.staging/<run id>/<notebook>/`` (hidden from :func:`pqd_lib.r
 and they are moved into the store (the same relative paths) after papermill returns. A failed or
 killed notebook leaves its records staged, never counted; redoing it clears them first.
 
+With ``--commit`` each run's published records and its ``.done`` markers (which hold each notebook's
+wall time) are committed to git as soon as the run's notebooks have finished, one commit per
+backbone x dataset x seed: a session that ends mid-grid leaves every finished seed in the history, and
+a later session on a fresh clone skips what the committed markers say is done.
+
 One batch at a time per run: a run's folder holds a lock (``flock`` on ``.lock``, released by the
 kernel even when the batch is killed) while its notebooks execute; a second batch of the same run
 skips it and says so. A batch ended by SIGTERM or Ctrl-C shuts down the kernel it started (a
@@ -34,10 +39,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +59,8 @@ from . import backbones as backbones_mod
 from . import config as config_mod
 from ._atomic import atomic_write_text
 
-__all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "notebook_names"]
+__all__ = ["BatchError", "Run", "BatchResult", "NOTEBOOKS_DIR", "plan", "run_batch", "notebook_names", "git_root",
+           "commit_run"]
 
 BACKBONES = backbones_mod.BACKBONES
 DATASETS = ("cifar10", "cifar100")
@@ -116,7 +123,8 @@ def notebook_names(notebooks_dir: Path = NOTEBOOKS_DIR, select: str | None = Non
 
 
 def _expand(value: str, allowed: Sequence[str], what: str) -> list[str]:
-    values = list(allowed) if value == "all" else [value]
+    """'all' -> every allowed value; else one value or a comma-separated list (e.g. ``wrn28_10,vgg16_bn``)."""
+    values = list(allowed) if value == "all" else list(dict.fromkeys(v.strip() for v in value.split(",")))
     for v in values:
         if v not in allowed:
             raise BatchError(f"--{what}: {v!r} is not known; choose one of {', '.join(allowed)} or 'all'")
@@ -268,8 +276,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: Path = NOTEBOOKS_DIR,
-              kernel_name: str = "python3", progress: bool = True, log=print) -> BatchResult:
-    """Execute `notebooks` for every run with papermill; skip what is done, list what failed."""
+              kernel_name: str = "python3", progress: bool = True, log=print,
+              after_run: Callable[[Run, Sequence[str]], None] | None = None) -> BatchResult:
+    """Execute `notebooks` for every run with papermill; skip what is done, list what failed.
+
+    `after_run(run, notebooks)` is called once per run after its notebooks (done, skipped or failed),
+    while the run's lock is still held, e.g. :func:`commit_run`.
+    """
     import papermill  # the [notebooks] extra: `pip install pqd` alone has no papermill
 
     notebooks_dir = Path(notebooks_dir)
@@ -290,6 +303,8 @@ def run_batch(runs: Sequence[Run], notebooks: Sequence[str], *, notebooks_dir: P
                 for _, nb, params in run_jobs:
                     _execute(papermill, run, nb, params, notebooks_dir, kernel_name, result, bar)
                     bar.update()
+                if after_run is not None:
+                    after_run(run, [nb for _, nb, _ in run_jobs])
     bar.close()
     log(f"pqd batch: {len(result.executed)} executed, {len(result.skipped)} already done, "
         f"{len(result.failed)} failed")
@@ -325,3 +340,52 @@ def _execute(papermill: Any, run: Run, nb: str, params: dict[str, Any], notebook
             "records": published, "parameters": params}
     atomic_write_text(marker, json.dumps(done, indent=1))
     result.executed.append(out)
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+
+
+def git_root(path: str | os.PathLike) -> Path:
+    """The work tree holding `path` (or its nearest existing parent); BatchError when there is none."""
+    existing = Path(path).resolve()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        found = _git(existing, "rev-parse", "--show-toplevel")
+    except FileNotFoundError:
+        raise BatchError("--commit: git is not installed; install it or run without --commit") from None
+    if found.returncode != 0:
+        raise BatchError(f"--commit: {path} is not inside a git work tree; run from a clone or without --commit")
+    return Path(found.stdout.strip())
+
+
+def commit_run(run: Run, notebooks: Sequence[str], *, log=print) -> bool:
+    """Commit `run`'s records and ``.done`` markers to git (one commit per run); return True when one was made.
+
+    Adds the results store (its hidden staging folder left out: a failed notebook's records are not
+    results) and the run's markers (their folder is git-ignored, so they are added by name: they are
+    what lets a later session skip the finished notebooks, and they hold each notebook's wall time).
+    The commit touches only those paths, whatever else is staged. A git failure is logged in one line
+    and the batch goes on: the records stay on disk for the next commit.
+    """
+    results_dir = Path(run.parameters["results_dir"])
+    repo = git_root(results_dir)
+    markers = [run.folder / f"{nb}.done" for nb in notebooks if (run.folder / f"{nb}.done").is_file()]
+    paths = [str(p) for p in (results_dir, *markers) if p.exists()]
+    if not paths:
+        return False
+    staged = _git(repo, "add", "--force", "--", *paths, f":(exclude){results_dir / STAGING}")
+    if staged.returncode == 0 and _git(repo, "diff", "--cached", "--quiet", "--", *paths).returncode == 0:
+        return False  # nothing new since the last commit (e.g. every notebook was already done)
+    seconds = {m.name.removesuffix(".done"): json.loads(m.read_text()).get("seconds", 0.0) for m in markers}
+    body = "\n".join(f"{nb}: {s / 60:.1f} min" for nb, s in seconds.items())
+    title = (f"records: {run.run_id}, {len(markers)}/{len(notebooks)} notebooks done "
+             f"({sum(seconds.values()) / 60:.0f} min of notebook time)")
+    made = staged if staged.returncode != 0 else _git(repo, "commit", "--quiet", "-m", title, "-m", body, "--", *paths)
+    if made.returncode != 0:
+        log(f"  GIT    {run.run_id}: not committed ({(made.stderr or made.stdout).strip().splitlines()[-1:]}); "
+            "the records stay on disk")
+        return False
+    log(f"  COMMIT {run.run_id}: {title}")
+    return True

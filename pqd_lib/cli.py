@@ -2,8 +2,9 @@
 
     pqd train  [PARAMS.yaml] [--preset P] [--source S] [--set key=value ...]   train/cache the FP32 baseline
     pqd run    [PARAMS.yaml] [--order PQD] ...                                 run the ordered pipeline
-    pqd batch  --backbone B --dataset D --preset P --seeds 0 1 2               run the notebooks with papermill
+    pqd batch  --backbone B --dataset D --preset P --seeds 0 1 2 [--commit]    run the notebooks with papermill
     pqd report [--results-dir reports/results] [--out reports]                 tables, figures, verdicts from records
+    pqd retime [--backbone B --dataset D --preset P] [--plan]                  re-time old latencies on this machine
 
 Every subcommand resolves a :class:`~pqd_lib.config.RunConfig` the same way as the notebooks
 (``parameters/*.yaml`` + preset + overrides) and prints one-line errors for bad input.
@@ -85,17 +86,27 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     runs = batch.plan(args.backbone, args.dataset, args.preset, args.seeds, data_source=args.source,
                       data_root=args.root, results_dir=args.results_dir, runs_dir=args.runs_dir,
                       cache_dir=args.cache_dir)
-    result = batch.run_batch(runs, notebooks, progress=not args.no_progress)
+    if args.commit:
+        batch.git_root(args.results_dir)  # one line before any notebook runs when there is no work tree
+    result = batch.run_batch(runs, notebooks, progress=not args.no_progress,
+                             after_run=batch.commit_run if args.commit else None)
     return 0 if result.ok else 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from . import claims, report  # the [report] extra (matplotlib, seaborn, scipy): only this command needs it
 
     start = time.perf_counter()
     records = results.load_results(args.results_dir)
     written = report.write_reports(records, args.out, backbone=args.backbone, dataset=args.dataset,
                                    preset=args.preset, machine=args.machine)
+    if written and not any((args.backbone, args.dataset, args.preset, args.machine)):
+        # Every backbone, measured or not, at the top of the README: a reader sees all three at a glance.
+        summary = report.backbone_summary(records, written, args.out)
+        written[("summary",)] = [report.write_readme_summary(summary, Path(args.out) / "README.md",
+                                                             c6_statement=claims.c6(records)[0]["statement"])]
     if not written:
         print(f"pqd report: no records under {args.results_dir} match the selection; fill the store with "
               "pqd batch (see reports/README.md)", file=sys.stderr)
@@ -105,13 +116,64 @@ def _cmd_report(args: argparse.Namespace) -> int:
             for row in claims.c6(records):
                 print(f"C6 (every cell, per CPU class): {row['verdict']}: {paths[0]}")
             continue
-        backbone, dataset, preset = key[:3]
-        machine = key[3] if len(key) > 3 else args.machine
+        if key == ("summary",):
+            print(f"cross-backbone summary (every backbone, measured or not): {paths[0]}")
+            continue
         print(f"{' '.join(key)}: {len(paths)} files in {Path(paths[-1]).parent}/")
-        for row in claims.verdicts(claims.select(records, backbone, dataset, preset, machine)).itertuples():
+        # The verdicts as written (a cell's latency may come from re-timed records: pqd_lib.latency_source).
+        table = next(p for p in paths if Path(p).name == "verdicts.csv")
+        for row in pd.read_csv(table).itertuples():
             print(f"  {row.claim}  {row.verdict:<32}  {row.statement}")
     print(f"{len(records)} records read in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _cmd_retime(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .measure import retime
+
+    records = results.load_results(args.results_dir)
+    for column, value in (("backbone", args.backbone), ("dataset", args.dataset), ("preset", args.preset),
+                          ("machine", args.source_machine)):
+        if value is not None:
+            records = records[records[column] == value]
+    if args.run_ids:
+        records = records[records["run_id"].isin(args.run_ids)]
+    if args.threads:
+        records = records[records["threads"].isin(args.threads)]
+    if args.batch_sizes:
+        records = records[records["batch_size"].isin(args.batch_sizes)]
+    # 10 warm-up calls, not 50: a full-width batch of 32 takes ~0.5 s per call, and the rounds keep every model warm.
+    # 64 calibration images for ONNX Runtime's own INT8 (not 256): latency does not depend on the calibration.
+    cfg = config_mod.MeasureConfig(warmup=10, calibration_images=64)
+    if args.quick:  # a smoke test of the machinery: numbers worth nothing
+        cfg = dataclasses.replace(cfg, rounds=3, block_seconds=0.02, warmup=2, max_reruns=0)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (("rounds", args.rounds), ("block_seconds", args.block_seconds))
+                                      if v is not None})
+    needed = retime.plan(records)
+    if not needed:
+        print("pqd retime: no single-model-protocol latency in the selected records", file=sys.stderr)
+        return 1
+    signatures = {sig for sig, _, _ in needed}
+    print(f"{len(records)} records selected: {sum(len(v) for v in needed.values())} latencies, "
+          f"{len(signatures)} deploy signatures, {len(needed)} (signature, threads, batch) points; about "
+          f"{retime.estimate_seconds(needed, cfg) / 60:.0f} min on a quiet machine "
+          f"({cfg.rounds} rounds of {cfg.block_seconds:g} s blocks)")
+    if args.plan:
+        for (sig, threads, batch), recs in sorted(needed.items(), key=lambda kv: (kv[0][0].width, kv[0][1], kv[0][2],
+                                                                                   kv[0][0].label)):
+            print(f"  w{sig.width:g} {threads}t b{batch:<3} {sig.label:36s} shared by {len(recs)} record(s)", flush=True)
+        return 0
+    start = time.perf_counter()
+    out = retime.retime(records, cfg, results_dir=None if args.dry_run else args.results_dir,
+                        log=lambda s: print(s, flush=True))
+    failed = [r for r in out if r.get("error")]
+    print(f"{len(out)} re-timed records ({len(failed)} failed) in {time.perf_counter() - start:.0f} s"
+          + ("" if args.dry_run else f", written to {args.results_dir}/{results.this_machine()}/"))
+    for r in failed:
+        print(f"  {r['model']} · {r['runtime']} {r['threads']}t b{r['batch_size']}: {r['error']}")
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--order", help="stage order over P, Q, D, e.g. PQD (shorthand for --set pipeline.order=...)")
     p_run.set_defaults(func=_cmd_run)
     p_batch = sub.add_parser("batch", help="run the numbered notebooks with papermill, one folder per run, resumable")
-    p_batch.add_argument("--backbone", required=True, help="resnet18, wrn28_10, vgg16_bn or all")
+    p_batch.add_argument("--backbone", required=True, help="resnet18, wrn28_10, vgg16_bn, a comma-separated list of them, or all")
     p_batch.add_argument("--dataset", required=True, help="cifar10, cifar100 or all")
     p_batch.add_argument("--preset", required=True, help="smoke, mini or paper")
     p_batch.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -137,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_batch.add_argument("--runs-dir", default="reports/runs", help="where executed notebooks are kept")
     p_batch.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
     p_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_batch.add_argument("--commit", action="store_true",
+                         help="git-commit each run's records and done markers as soon as its notebooks finish "
+                              "(one commit per backbone x dataset x seed), so a later session continues")
     p_batch.set_defaults(func=_cmd_batch)
     p_report = sub.add_parser("report", help="regenerate reports/ (tables, figures, claim verdicts) from the records")
     p_report.add_argument("--results-dir", default=config_mod.DEFAULT_RESULTS_DIR, help="the results store to read")
@@ -146,6 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--preset", help="keep one preset's records (default: all)")
     p_report.add_argument("--machine", help="keep one machine's records (default: each machine its own folder)")
     p_report.set_defaults(func=_cmd_report)
+    p_retime = sub.add_parser("retime", help="re-time the latencies of committed runs under the rounds protocol on "
+                                             "this machine (architecture only; training records untouched)")
+    p_retime.add_argument("--results-dir", default=config_mod.DEFAULT_RESULTS_DIR,
+                          help="the results store to read, and to write the re-timed records to")
+    p_retime.add_argument("--backbone", help="keep one backbone's runs (default: all)")
+    p_retime.add_argument("--dataset", help="keep one dataset's runs (default: all)")
+    p_retime.add_argument("--preset", help="keep one preset's runs (default: all)")
+    p_retime.add_argument("--source-machine", help="keep the runs of one machine (default: all)")
+    p_retime.add_argument("--run-ids", nargs="+", help="keep these runs only")
+    p_retime.add_argument("--threads", type=int, nargs="+", help="re-time only these thread counts (default: all recorded)")
+    p_retime.add_argument("--batch-sizes", type=int, nargs="+", help="re-time only these batch sizes (default: all recorded)")
+    p_retime.add_argument("--rounds", type=int, help="rounds per comparison (default: measure.rounds, 15)")
+    p_retime.add_argument("--block-seconds", type=float, help="seconds per timed block (default 0.2)")
+    p_retime.add_argument("--plan", action="store_true", help="list the signatures and the expected time; time nothing")
+    p_retime.add_argument("--quick", action="store_true", help="3 short rounds: a smoke test, not a result")
+    p_retime.add_argument("--dry-run", action="store_true", help="time, but write no records")
+    p_retime.set_defaults(func=_cmd_retime)
     return parser
 
 

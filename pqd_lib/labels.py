@@ -25,6 +25,9 @@ class Kind(StrEnum):
     DEPLOY = "deploy"
     #: Full-width latency of FP32 / pruned / INT8 models (notebook 07).
     LATENCY = "latency"
+    #: A latency re-timed under the rounds protocol for the runs it names, from their architecture only
+    #: (``pqd retime``, :mod:`pqd_lib.measure.retime`).
+    RETIMED = "retimed-latency"
 
 
 class Notebook(StrEnum):

@@ -205,3 +205,62 @@ def test_a_killed_batch_ends_the_kernel_it_started(tmp_path, sig):
     for k in alive:
         os.kill(int(k), signal.SIGKILL)  # do not leave it behind for the next test
     assert not alive, f"kernel(s) {alive} outlived the batch"
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_commit_makes_one_commit_per_seed_and_a_fresh_clone_continues_from_it(tmp_path):
+    # The repository layout of a real checkout: records committed, the runs folder git-ignored.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "--quiet")
+    (repo / ".gitignore").write_text("/reports/runs/\n")
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@example.org"}
+    _git(repo, "add", ".gitignore")
+    subprocess.run(["git", "-C", str(repo), "commit", "--quiet", "-m", "start"], env={**os.environ, **identity},
+                   check=True)
+    notebooks = _make_notebooks(tmp_path / "nb")
+
+    def run_in(root: Path, fail: str = "") -> subprocess.CompletedProcess:
+        cmd = _batch_cmd(root / "reports")[:-4] + ["--results-dir", str(root / "reports" / "results"),
+                                                    "--runs-dir", str(root / "reports" / "runs"), "--commit"]
+        return subprocess.run(cmd, env=_env(notebooks, FAKE_FAIL=fail, **identity), capture_output=True, text=True,
+                              timeout=300)
+
+    first = run_in(repo, fail="02")  # seed 0 and 1: notebook 01 succeeds, 02 fails
+    assert first.returncode == 1 and first.stdout.count("COMMIT") == 2, first.stdout + first.stderr
+    log = _git(repo, "log", "--format=%s").splitlines()
+    assert len(log) == 3 and all("1/2 notebooks done" in line for line in log[:2])
+    committed = _git(repo, "show", "--name-only", "--format=", "HEAD").split()
+    assert any(p.startswith("reports/results/") and p.endswith(".json") for p in committed)
+    assert any(p.startswith("reports/runs/") and p.endswith("01_first.ipynb.done") for p in committed)
+    assert not any(batch.STAGING in p for p in committed)  # the failed notebook's staged record is not a result
+
+    clone = tmp_path / "clone"  # a later session: a fresh checkout holding only what was committed
+    _git(tmp_path, "clone", "--quiet", str(repo), str(clone))
+    second = run_in(clone)
+    assert second.returncode == 0 and "2 executed, 2 already done, 0 failed" in second.stdout, second.stdout
+    assert _git(clone, "log", "--format=%s").count("2/2 notebooks done") == 2
+    runs = batch.plan("resnet18", "cifar10", "smoke", [0, 1], data_source="embedded",
+                      results_dir=clone / "reports" / "results", runs_dir=clone / "reports" / "runs")
+    assert not any(batch.commit_run(run, ["01_first.ipynb", "02_second.ipynb"], log=print) for run in runs)
+    assert len(_git(clone, "log", "--format=%s").splitlines()) == 5  # nothing new: no empty commit
+
+
+def test_commit_outside_a_work_tree_is_refused_before_anything_runs(tmp_path):
+    notebooks = _make_notebooks(tmp_path / "nb")
+    proc = subprocess.run(_batch_cmd(tmp_path) + ["--commit"], env=_env(notebooks, GIT_CEILING_DIRECTORIES=str(tmp_path)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--commit:" in proc.stderr and "not inside a git work tree" in proc.stderr
+    assert not list((tmp_path / "runs").rglob("*.done"))
+
+
+def test_backbone_takes_a_comma_separated_list(tmp_path):
+    runs = batch.plan("wrn28_10,vgg16_bn", "cifar10", "smoke", [0], results_dir=tmp_path / "r",
+                      runs_dir=tmp_path / "runs")
+    assert [r.backbone for r in runs] == ["wrn28_10", "vgg16_bn"]
+    with pytest.raises(batch.BatchError, match="'vgg16'"):
+        batch.plan("wrn28_10,vgg16", "cifar10", "smoke", [0], results_dir=tmp_path / "r", runs_dir=tmp_path / "runs")

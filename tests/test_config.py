@@ -181,3 +181,35 @@ def test_one_home_for_the_backbone_list():
 
     assert tuple(models.MODELS) == backbones.BACKBONES == batch.BACKBONES
     assert set(C.PRESETS) and C.ModelConfig(name=backbones.BACKBONES[-1]).name == backbones.BACKBONES[-1]
+
+
+def test_a_zero_channel_width_is_one_line_from_the_command_line_before_any_training(capsys):
+    from pqd_lib import cli
+
+    params = str(C.PARAMETERS_DIR / "wrn28_10_cifar10.yaml")
+    assert cli.main(["train", params, "--preset", "mini", "--set", "model.width=0.03"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.width: 0.03" in err and ">= 0.03125" in err
+
+
+@pytest.mark.parametrize("engine", ["x86", "fbgemm", "onednn"])
+def test_the_narrowest_accepted_width_still_runs_in_int8(engine):
+    # No x86 INT8 kernel has a minimum channel count (pqd_lib.backbones.check_width): the narrowest
+    # width the config accepts, a 1-channel stem conv, goes through QAT, convert and an INT8 forward.
+    import torch
+
+    from pqd_lib import models
+    from pqd_lib.stages import quantize
+
+    if engine not in torch.backends.quantized.supported_engines:
+        pytest.skip(f"{engine} is not built into this torch")
+    torch.manual_seed(0)
+    model = models.build("wrn28_10", 10, width=1 / 32)
+    assert model.conv1.out_channels == 1
+    prepared = quantize.prepare_qat(model, backend=engine, reduce_range=True)
+    prepared(torch.randn(8, 3, 32, 32))  # observers see data
+    int8 = quantize.convert(prepared.eval(), backend=engine)
+    assert quantize.is_int8(int8)
+    with torch.no_grad():
+        out = int8(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 10) and torch.isfinite(out).all()

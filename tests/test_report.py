@@ -52,3 +52,69 @@ def test_every_figure_renders_small_and_survives_an_empty_frame(name):
     assert width <= 10 and height <= 6
     fig.canvas.draw()  # renders without error
     assert isinstance(fn(pd.DataFrame(data).iloc[:0], **kwargs), Figure)
+
+
+# --- the cross-backbone summary at the top of reports/README.md ---------------------------------------
+def _summary_records():
+    from test_claims import _records  # the synthetic notebook 01-07 records of the claims tests
+
+    return _records().assign(machine="m1")
+
+
+def _summary(tmp_path, records):
+    written = report.write_reports(records, tmp_path / "out")
+    return report.backbone_summary(records, written, tmp_path / "out")
+
+
+def test_summary_has_a_row_per_backbone_and_makes_up_no_number_for_the_unmeasured(tmp_path):
+    from pqd_lib.backbones import BACKBONES
+
+    table = _summary(tmp_path, _summary_records())
+    assert list(table["backbone"]) == list(BACKBONES)
+    measured = table.set_index("backbone").loc["resnet18"]
+    assert measured["report"] == "[resnet18-cifar10-mini](resnet18-cifar10-mini/summary.md)"
+    assert measured["machine"] == "m1" and measured["width"] == "0.25"
+    assert measured["seeds"] == 3 and " ± " in measured["FP32 top-1 (ours, %)"]  # mean ± std over 3 seeds
+    assert float(measured["FP32 top-1 (ours, %)"].split(" ± ")[0]) == pytest.approx(80, abs=0.5)
+    assert measured["C3"] == "holds"  # the synthetic P → Q → D leads every order by 2 pp
+    for name in ("wrn28_10", "vgg16_bn"):
+        row = table.set_index("backbone").loc[name]
+        assert row["report"] == report.NOT_MEASURED and row["seeds"] == 0
+        assert all(row[c] == report.NOT_MEASURED for c in (*report.CELL_CLAIMS, "FP32 top-1 (ours, %)"))
+        assert not any(ch.isdigit() for ch in row["P → Q → D top-1 (ours, %)"])
+    assert table.set_index("backbone")["FP32 top-1 (peers, full width, %)"].to_dict() == {
+        "resnet18": "93.02", "wrn28_10": "96.00", "vgg16_bn": "92.64"}
+    assert "C1" in table.attrs["statements"] and not table.attrs["statements"]["C1"].endswith(")")
+
+
+def test_readme_summary_replaces_only_its_own_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Reports\n\nhand-written text\n")
+    table = _summary(tmp_path, _summary_records())
+    report.write_readme_summary(table, readme, c6_statement="C6 statement")
+    first = readme.read_text()
+    assert first.startswith("# Reports\n\n" + report.SUMMARY_BEGIN) and first.endswith("hand-written text\n")
+    assert "not measured yet" in first and "reduced width and budget" in first and "C6 statement" in first
+    report.write_readme_summary(table, readme, c6_statement="C6 statement")
+    assert readme.read_text() == first  # regenerating changes nothing
+    empty = report.backbone_summary(_summary_records().iloc[:0], {}, tmp_path)
+    report.write_readme_summary(empty, readme, c6_statement="C6 statement")
+    again = readme.read_text()
+    assert again.count(report.SUMMARY_BEGIN) == 1 and "resnet18-cifar10-mini" not in again
+    assert again.endswith("hand-written text\n")
+
+
+def test_pqd_report_writes_the_summary_beside_the_cells(tmp_path, capsys):
+    from pqd_lib import cli, results
+
+    store = tmp_path / "results"
+    for i, row in enumerate(_summary_records().drop(columns="machine").to_dict("records")):
+        results.append({**row, "record_id": f"r{i}"}, store)
+    assert cli.main(["report", "--results-dir", str(store), "--out", str(tmp_path / "out")]) == 0
+    assert "cross-backbone summary" in capsys.readouterr().out
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "[resnet18-cifar10-mini](resnet18-cifar10-mini/summary.md)" in text
+    assert (tmp_path / "out" / "resnet18-cifar10-mini" / "summary.md").is_file()  # the link points at a file
+    # A selection writes its cells only: a summary of every backbone needs every record.
+    assert cli.main(["report", "--results-dir", str(store), "--out", str(tmp_path / "o2"), "--preset", "mini"]) == 0
+    assert not (tmp_path / "o2" / "README.md").exists()

@@ -6,6 +6,7 @@ when an ONNX function is called. The public names, re-exported from their submod
 * :mod:`.latency` -- ``measure_latency`` (one model), ``measure_callable``, ``time_runs``, ``summarize``,
   ``save_artifact``, ``load_artifact``, ``model_form`` (the last three defined in :mod:`pqd_lib.deploy`)
 * :mod:`.rounds` -- ``compare`` (the rounds protocol: any comparison of models), ``latency_phase``
+* :mod:`.retime` -- ``retime`` (``pqd retime``: old latencies re-timed by deploy signature, architecture only)
 * :mod:`.size` -- ``model_sizes``, ``sparse_encoding_bytes``, ``entropy_bound_bytes``, ``mib``
 * :mod:`.proxies` -- ``count_params``, ``layer_macs``, ``weight_sparsity`` (``proxies`` the function
   is imported from :mod:`pqd_lib.measure.proxies`: the package attribute is the module)
