@@ -272,13 +272,24 @@ def save_artifact(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, 
       It loads anywhere without pickled code, but it is *not* the same program as the eager module:
       measured 15-60 % slower than eager for ResNet-18 CIFAR (decomposed aten graph), so
       :func:`measure_latency` does not use it for the modules it is given (see there).
+    * A PT2E INT8 graph (``quantize.engine: pt2e``), with or without `arch`: its ``torch.export``
+      program (``.pt2``, :func:`pqd_lib.stages.quantize_pt2e.save_program`) with the activation range
+      stored beside it; time it under ``torch-compile`` (``quantize.compile_for_cpu``), eager it is a
+      slow FP32-arithmetic reference.
 
     Raises:
-        ValueError: an INT8 model without `arch` (it can only be rebuilt from its architecture).
+        ValueError: an FX INT8 model without `arch` (it can only be rebuilt from its architecture).
     """
     path = Path(path)
     arch = arch or getattr(model, "pqd_arch", None)
     int8 = quantize_stage.is_int8(model)
+    settings = quantize_stage.int8_settings(model) or {}
+    if int8 and settings.get("engine") == "pt2e":
+        # A PT2E INT8 graph needs no rebuilding: its torch.export program is the artifact (no pickled code).
+        from .stages import quantize_pt2e
+
+        return quantize_pt2e.save_program(model, path.with_suffix(".pt2"), input_shape=(1, *input_shape),
+                                          settings=settings)
     if arch is not None:
         return save_deploy(model, path, arch=dict(arch), form="int8" if int8 else "fp32",
                            backend=backend, reduce_range=reduce_range,
@@ -347,11 +358,12 @@ def artifact_form(path: str | os.PathLike) -> str:
     return info["form"]
 
 
-def load_artifact(path: str | os.PathLike, *, trusted: bool = False) -> nn.Module:
+def load_artifact(path: str | os.PathLike, *, trusted: bool = False, allow_saturation: bool = False) -> nn.Module:
     """Load a torch artifact written by :func:`save_artifact` (CPU, eval mode); no pickled code runs.
 
     `trusted` allows the whole-module pickle (``*.module.pt``) that :func:`measure_latency` writes
-    for its own child process; never set it for files from elsewhere.
+    for its own child process; never set it for files from elsewhere. A full-range INT8 model
+    (PT2E program or deploy file) is refused on a CPU without AVX-512 VNNI unless `allow_saturation`.
 
     Raises:
         ArtifactError: missing file, corrupt file, an untrusted pickle, or an ONNX file (run by ONNX
@@ -373,13 +385,22 @@ def load_artifact(path: str | os.PathLike, *, trusted: bool = False) -> nn.Modul
             raise ArtifactError(f"{path}: could not load the pickled module ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     if kind == "export":
+        from .stages.quantize_pt2e import load_with_settings
+
         try:
             # Exported in eval mode; the unlifted module refuses .eval()/.train() calls.
-            return torch.export.load(str(path)).module()
+            program, settings = load_with_settings(str(path))
         except Exception as exc:
             raise ArtifactError(f"{path}: not a readable torch.export program ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        if settings.get("reduce_range") is False:  # a PT2E INT8 program trained full-range
+            try:
+                quantize_stage.check_activation_range(False, settings.get("backend") or "x86",
+                                                      allow_saturation=allow_saturation, where=str(path))
+            except quantize_stage.ActivationRangeError as exc:
+                raise ArtifactError(str(exc)) from None
+        return program.module()
     try:
-        return load_deploy(path)
+        return load_deploy(path, allow_saturation=allow_saturation)
     except DeployError as exc:
         raise ArtifactError(str(exc)) from None

@@ -248,3 +248,58 @@ def test_the_int8_graph_exports_to_qdq_onnx_that_onnx_runtime_runs_like_the_refe
     # close, not equal (a wrong scale or a missing QDQ pair gives single-digit dB).
     sqnr = 10 * torch.log10((expected ** 2).sum() / ((expected - got) ** 2).sum())
     assert sqnr >= 20.0
+
+
+def test_a_pt2e_int8_artifact_is_a_program_that_records_its_range_and_refuses_full_range_without_vnni(
+        pqd_run, tmp_path, monkeypatch):
+    from pqd_lib import deploy, hardware
+
+    (out, _, data) = pqd_run
+    int8 = out["int8"]
+    path = deploy.save_artifact(int8, tmp_path / "int8.pt", arch={"name": "resnet18", "num_classes": 10, "width": 0.125})
+    assert path.suffix == ".pt2" and deploy.artifact_kind(path) == "export"
+    assert Q2.read_program_settings(path) == {"backend": "x86", "reduce_range": True, "engine": "pt2e"}
+    x = next(iter(data_mod.batches(data, "test", 4, shuffle=False, augment=False)))[0]
+    assert torch.allclose(deploy.load_artifact(path)(x), int8(x), atol=1e-5)
+    assert deploy.artifact_form(path) == "int8"
+    # A fresh process (the latency worker) loads it too: the INT8 operators are registered on load.
+    import subprocess
+    import sys
+
+    code = (f"import torch; from pqd_lib.deploy import load_artifact; "
+            f"print(tuple(load_artifact({str(path)!r})(torch.zeros(2, 3, 32, 32)).shape))")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0 and "(2, 10)" in child.stdout, child.stderr[-500:]
+    # Latency times the compiled form by default, never the slow eager reference.
+    from pqd_lib.measure import runtimes
+
+    assert runtimes.default_runtime(int8) == "torch-compile" == runtimes.default_runtime(path)
+    assert runtimes.default_runtime(out["D"]) == "torch-eager"
+    # A full-range program on a CPU whose INT8 kernels saturate: refused in one line naming the fix.
+    full = Q2.save_program(int8, tmp_path / "full.pt2", settings={"backend": "x86", "reduce_range": False})
+    monkeypatch.setattr(hardware, "has_int8_vnni", lambda caps=None: False)
+    with pytest.raises(deploy.ArtifactError) as err:
+        deploy.load_artifact(full)
+    assert "\n" not in str(err.value) and "reduce_range=true" in str(err.value)
+    assert deploy.load_artifact(full, allow_saturation=True)(x).shape == (4, 10)
+
+
+def test_a_cached_pt2e_q_stage_replays_to_the_same_int8_model(embedded, tmp_path):
+    """The grid resumes from the stage cache: a PT2E Q stage rebuilt from it (export + prepare, then its
+    state dict) must give the INT8 model the uninterrupted run gave."""
+    from pqd_lib import pipeline
+
+    data = embedded.subset(train=128, test=64, seed=0)
+    cfg = C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path / "cache"),
+                   quantize={"engine": "pt2e", "reduce_range": True})
+    start = _model()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, first = pipeline.run_stages(start, cfg, data, order="Q", progress=False)
+        _, again = pipeline.run_stages(start, cfg, data, order="Q", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["cached_stage"] for r in first] == [False] and [r["cached_stage"] for r in again] == [True]
+    for key in ("deploy_top1", "correct_bits", "int8_agreement", "fake_quant_top1"):
+        assert again[-1][key] == first[-1][key], key

@@ -228,7 +228,7 @@ def measure_latency(model: nn.Module | str | os.PathLike, cfg: MeasureConfig | N
     cfg = validated(dataclasses.replace(cfg, **overrides))
     is_path = not isinstance(model, nn.Module)
     path = Path(model) if is_path else None
-    runtime = check_runtime(runtime or default_runtime(path))
+    runtime = check_runtime(runtime or default_runtime(path if is_path else model))
     if form is not None and form not in FORMS:
         raise ValueError(f"form: {form!r} is not allowed; choose one of {', '.join(FORMS)}")
     if device != "cpu" and not str(device).startswith("cuda"):

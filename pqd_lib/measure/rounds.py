@@ -64,7 +64,7 @@ from ..models import build
 from ..hardware import hardware_info
 from .latency import child_env, error_records
 from .proxies import weight_sparsity
-from .runtimes import check_runtime, prepare
+from .runtimes import check_runtime, default_runtime, prepare
 from .timing import bootstrap_ci, calibrate_block, check_positive, resolve_threads, spread
 
 __all__ = ["Candidate", "compare", "identical_spread", "deploy_signature", "latency_phase", "cpu_snapshot",
@@ -513,7 +513,7 @@ def deploy_signature(model: Any, arch: dict[str, Any], runtime: str = "torch-eag
 
 
 def latency_phase(models: dict[Any, Any], arch: dict[str, Any], cfg: MeasureConfig, *,
-                  runtime: str = "torch-eager", reference: Any | None = None,
+                  runtime: str | None = None, reference: Any | None = None,
                   input_shape: tuple[int, ...] = (3, 32, 32),
                   log: Callable[[str], None] | None = None) -> dict[Any, dict[tuple[int, int], dict[str, Any]]]:
     """Time every distinct deploy signature of `models` once, in one rounds comparison; give each key its record.
@@ -522,14 +522,17 @@ def latency_phase(models: dict[Any, Any], arch: dict[str, Any], cfg: MeasureConf
     a deploy model of architecture `arch`; models sharing a :func:`deploy_signature` are measured
     once (the first one's weights; dense-kernel latency does not depend on them) and the same
     record is attached to each, with ``shared_by`` = how many keys share it. The reference is
-    `reference` (a module) or, by default, the FP32 model of `arch` freshly built.
+    `reference` (a module) or, by default, the FP32 model of `arch` freshly built. `runtime` None
+    times each model on its deploy runtime (:func:`~pqd_lib.measure.runtimes.default_runtime`:
+    ``torch-compile`` for a PT2E INT8 graph, ``torch-eager`` otherwise); the records say which.
 
     Returns:
         ``{key: {(threads, batch_size): record}}``.
     """
     groups: dict[tuple, list[Any]] = {}
     for key, model in models.items():
-        groups.setdefault(deploy_signature(model, arch, runtime), []).append(key)
+        # None: each model's deploy runtime (torch-compile for a PT2E INT8 graph, else torch-eager).
+        groups.setdefault(deploy_signature(model, arch, runtime or default_runtime(model)), []).append(key)
     with tempfile.TemporaryDirectory(prefix="pqd-latency-phase-") as work:
         work_path = Path(work)
         ref_model = reference if reference is not None else build(**arch).eval()
@@ -538,7 +541,7 @@ def latency_phase(models: dict[Any, Any], arch: dict[str, Any], cfg: MeasureConf
         candidates = []
         for i, (signature, keys) in enumerate(groups.items()):
             path = save_artifact(models[keys[0]], work_path / f"model{i}.pt", arch=arch, input_shape=input_shape)
-            candidates.append(Candidate(f"{signature[1]} {signature[2]} {runtime} #{i}", path, runtime,
+            candidates.append(Candidate(f"{signature[1]} {signature[2]} {signature[3]} #{i}", path, signature[3],
                                         fields={"shared_by": len(keys)}))
         records = compare(candidates, ref, cfg, input_shape=input_shape, log=log)
     out: dict[Any, dict[tuple[int, int], dict[str, Any]]] = {}

@@ -9,7 +9,7 @@ call, an ONNX Runtime session, an OpenVINO compile) -- measured here, never insi
 runtime             what runs
 ==================  =====================================================================
 torch-eager         the module as it is (FP32, or the FX-converted INT8 model)
-torch-compile       ``torch.compile`` of it (compiled by a first call before timing)
+torch-compile       ``torch.compile`` of it (``quantize.compile_for_cpu``; compiled by a first call before timing)
 torch-sparse-csr    every conv/linear as a CSR sparse x dense matmul (``sparse_kernels``)
 onnxruntime         an ONNX file on ONNX Runtime's CPU provider (``onnx_runtime.session``)
 openvino            an ONNX file on OpenVINO's CPU plugin (optional extra; ``openvino_runtime``)
@@ -63,9 +63,21 @@ def check_runtime(runtime: str) -> str:
 
 
 def default_runtime(source: Any) -> str:
-    """``onnxruntime`` for an ``.onnx`` path, else ``torch-eager``."""
-    is_onnx = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".onnx"
-    return "onnxruntime" if is_onnx else "torch-eager"
+    """``onnxruntime`` for an ``.onnx`` path; ``torch-compile`` for a PT2E INT8 graph (a module, or a ``.pt2``
+    program saved with its settings), whose eager form is a slow reference (``quantize.deploys_compiled``);
+    else ``torch-eager``."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix.lower() == ".onnx":
+            return "onnxruntime"
+        if path.suffix.lower() == ".pt2" and path.is_file():
+            from ..stages.quantize_pt2e import read_program_settings
+
+            return "torch-compile" if read_program_settings(path).get("engine") == "pt2e" else "torch-eager"
+        return "torch-eager"
+    from ..stages.quantize import deploys_compiled
+
+    return "torch-compile" if isinstance(source, nn.Module) and deploys_compiled(source) else "torch-eager"
 
 
 def inputs(batch: int, input_shape: tuple[int, ...]) -> torch.Tensor:
@@ -130,7 +142,9 @@ def prepare(source: nn.Module | Path, runtime: str, *, threads: int, batch_size:
     x = x.to(device)
     compile_s = 0.0
     if runtime == "torch-compile":
-        model = torch.compile(model)
+        from ..stages.quantize import compile_for_cpu
+
+        model = compile_for_cpu(model)  # a PT2E INT8 graph needs inductor's freezing to reach INT8 kernels
         with torch.inference_mode():
             model(x)  # compiles: its time is the compile time, never a timed run
         compile_s = time.perf_counter() - start

@@ -113,6 +113,8 @@ __all__ = [
     "int8_skeleton",
     "is_fake_quant",
     "is_int8",
+    "deploys_compiled",
+    "compile_for_cpu",
     "int8_layers",
     "int8_weights",
     "fidelity",
@@ -454,6 +456,21 @@ def int8_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def is_int8(model: nn.Module) -> bool:
     """True for a converted model with quantized conv/linear weights."""
     return bool(int8_weights(model))
+
+
+def deploys_compiled(model: nn.Module) -> bool:
+    """True for a PT2E INT8 graph: its deploy form is compiled (:func:`compile_for_cpu`) or an ONNX runtime;
+    eager it runs its INT8 arithmetic in FP32, a slow reference that latency must never time by default."""
+    return _is_pt2e(model) and _pt2e().is_int8(model)
+
+
+def compile_for_cpu(model: nn.Module) -> nn.Module:
+    """``torch.compile`` of a deploy model for the CPU: a PT2E INT8 graph through
+    :func:`pqd_lib.stages.quantize_pt2e.compile_int8` (inductor with freezing, the only way it reaches
+    oneDNN's INT8 kernels), anything else through plain ``torch.compile``. Compiles on the first call."""
+    if deploys_compiled(model):
+        return _pt2e().compile_int8(model)
+    return torch.compile(model)
 
 
 @torch.no_grad()

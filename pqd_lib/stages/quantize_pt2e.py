@@ -66,7 +66,11 @@ __all__ = [
     "int8_weights",
     "CompiledInt8",
     "compile_int8",
+    "SETTINGS_FILE",
     "save_program",
+    "register_int8_ops",
+    "load_with_settings",
+    "read_program_settings",
     "load_program",
     "save_onnx",
 ]
@@ -455,12 +459,21 @@ def _program(model: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> Any:
     return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
 
 
-def save_program(model: torch.fx.GraphModule, path: Any, *, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> Any:
+#: Name of the JSON entry in a ``.pt2`` archive holding the quantization settings convert recorded.
+SETTINGS_FILE = "pqd_quantize.json"
+
+
+def save_program(model: torch.fx.GraphModule, path: Any, *, input_shape: tuple[int, ...] = (1, 3, 32, 32),
+                 settings: dict[str, Any] | None = None) -> Any:
     """Atomically write a converted graph as a ``torch.export`` program (``.pt2``); returns the path.
 
     The archive holds the graph as serialized ATen operators and the plain tensors (INT8 weights,
     scales) as raw bytes: :func:`load_program` runs no pickled code. Batch size is free.
+    `settings` (the backend and activation range convert recorded, ``quantize.int8_settings``) are
+    stored beside it as JSON (:data:`SETTINGS_FILE`), so a loader can refuse a full-range model on a
+    CPU that would compute it wrongly.
     """
+    import json
     from pathlib import Path
 
     from .._atomic import atomic_path
@@ -469,13 +482,36 @@ def save_program(model: torch.fx.GraphModule, path: Any, *, input_shape: tuple[i
         raise ValueError("save_program: the model is not a converted PT2E INT8 graph (run convert first)")
     program = _program(model, input_shape)
     with atomic_path(path, keep_suffix=True) as tmp:
-        torch.export.save(program, tmp)
+        torch.export.save(program, tmp, extra_files={SETTINGS_FILE: json.dumps(settings or {})})
     return Path(path)
+
+
+def register_int8_ops() -> None:
+    """Register the ``quantized_decomposed`` operators an INT8 program calls (quantize/dequantize per
+    tensor/channel): torchao's PT2E modules register them on import. A fresh process must do this
+    before ``torch.export.load`` of a converted graph, or loading fails on an unknown operator
+    (measured: the latency worker's ``RuntimeError``)."""
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the operators)
+
+
+def load_with_settings(path: Any) -> tuple[Any, dict[str, Any]]:
+    """``(ExportedProgram, settings)`` of a ``.pt2`` file; settings as :func:`save_program` stored them (else {})."""
+    import json
+
+    register_int8_ops()
+    extra = {SETTINGS_FILE: ""}
+    program = torch.export.load(path, extra_files=extra)
+    return program, json.loads(extra[SETTINGS_FILE] or "{}")
+
+
+def read_program_settings(path: Any) -> dict[str, Any]:
+    """The quantization settings :func:`save_program` stored (empty for a program saved without them)."""
+    return load_with_settings(path)[1]
 
 
 def load_program(path: Any) -> nn.Module:
     """The INT8 module saved by :func:`save_program` (CPU, inference only; compile it with :func:`compile_int8`)."""
-    return torch.export.load(path).module()
+    return load_with_settings(path)[0].module()
 
 
 def save_onnx(model: torch.fx.GraphModule, path: Any, *, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> Any:
