@@ -485,6 +485,27 @@ def cells(records: pd.DataFrame, backbone: str | None = None, dataset: str | Non
     return [c for c in present if all(want is None or want == have for want, have in zip((backbone, dataset, preset), c))]
 
 
+def as_reported(records: pd.DataFrame) -> pd.DataFrame:
+    """`records` as the cell reports read them: in every cell whose latencies were re-timed (``pqd retime``),
+    the runs' records carry that machine's re-timed latencies (:func:`pqd_lib.latency_source.fold_retimed`)
+    and the re-timed records themselves are dropped, so :func:`pqd_lib.claims.select` sees one machine per cell.
+
+    Where a cell was re-timed on several machines, the first machine by name is used
+    (``pqd report`` writes one report per latency machine instead). Other records pass unchanged.
+    """
+    if records.empty or "kind" not in records:
+        return records
+    keys = ["backbone", "dataset", "preset"]
+    parts, used = [], pd.Series(False, index=records.index)
+    for cell in cells(records):
+        in_cell = records[(records[keys] == pd.Series(cell, index=keys)).all(axis=1)]
+        used[in_cell.index] = True
+        timers = latency_source.latency_machines(in_cell)
+        parts.append(latency_source.fold_retimed(in_cell, timers[0]) if timers else in_cell)
+    parts.append(records[~used])
+    return pd.concat(parts, ignore_index=True)
+
+
 def write_reports(records: pd.DataFrame, out_dir: str | os.PathLike = "reports", *, backbone: str | None = None,
                   dataset: str | None = None, preset: str | None = None,
                   machine: str | None = None) -> dict[tuple[str, ...], list[Path]]:
