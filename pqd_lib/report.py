@@ -485,6 +485,12 @@ def cells(records: pd.DataFrame, backbone: str | None = None, dataset: str | Non
     return [c for c in present if all(want is None or want == have for want, have in zip((backbone, dataset, preset), c))]
 
 
+def _cell_rows(records: pd.DataFrame, cell: tuple[str, str, str]) -> pd.DataFrame:
+    """The rows of `records` in one (backbone, dataset, preset) cell."""
+    keys = ["backbone", "dataset", "preset"]
+    return records[(records[keys] == pd.Series(cell, index=keys)).all(axis=1)]
+
+
 def as_reported(records: pd.DataFrame) -> pd.DataFrame:
     """`records` as the cell reports read them: in every cell whose latencies were re-timed (``pqd retime``),
     the runs' records carry that machine's re-timed latencies (:func:`pqd_lib.latency_source.fold_retimed`)
@@ -495,10 +501,9 @@ def as_reported(records: pd.DataFrame) -> pd.DataFrame:
     """
     if records.empty or "kind" not in records:
         return records
-    keys = ["backbone", "dataset", "preset"]
     parts, used = [], pd.Series(False, index=records.index)
     for cell in cells(records):
-        in_cell = records[(records[keys] == pd.Series(cell, index=keys)).all(axis=1)]
+        in_cell = _cell_rows(records, cell)
         used[in_cell.index] = True
         timers = latency_source.latency_machines(in_cell)
         parts.append(latency_source.fold_retimed(in_cell, timers[0]) if timers else in_cell)
@@ -521,8 +526,7 @@ def write_reports(records: pd.DataFrame, out_dir: str | os.PathLike = "reports",
         retimed = retimed[records.index]
     out: dict = {}
     for cell in cells(records, backbone, dataset, preset):
-        in_cell = records[(records[["backbone", "dataset", "preset"]] == pd.Series(cell, index=["backbone", "dataset",
-                                                                                                  "preset"])).all(axis=1)]
+        in_cell = _cell_rows(records, cell)
         runs = in_cell[~retimed[in_cell.index]]
         machines = sorted(runs["machine"].dropna().unique()) if "machine" in runs else []
         # Where the cell's latencies were re-timed (pqd retime), each latency machine gets its own report:
