@@ -38,7 +38,9 @@ containers from the graph's ``nn_module_stack`` metadata.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +100,8 @@ API: tuple[tuple[str, str], ...] = (
     ("torchao.quantization.pt2e", "disable_observer"),
     ("torchao.quantization.pt2e", "enable_observer"),
     ("torchao.quantization.pt2e", "move_exported_model_to_eval"),
+    # private, used only by _fold_only_present_convs (see there)
+    ("torchao.quantization.pt2e.qat_utils", "_fold_conv_bn_qat_helper"),
 )
 
 _BATCH_NORM_OPS = ("aten.batch_norm.default", "aten._native_batch_norm_legit.default",
@@ -344,9 +348,52 @@ def convert(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         raise ValueError("quantize.convert: the model is not QAT-prepared (run prepare_qat / stage Q first)")
     twin = copy.deepcopy(model).cpu()
     _set_mode(twin, False)
-    converted = convert_pt2e(twin)
+    with _fold_only_present_convs():
+        converted = convert_pt2e(twin)
     _drop_unused_state(converted)
     return _make_switchable(converted).eval()
+
+
+# The aten op (without overload) of each conv function torchao's QAT conv-BN fold traces patterns from.
+_FOLD_CONV_OPS = {"conv1d": "aten.conv1d", "conv2d": "aten.conv2d", "conv_transpose1d": "aten.conv_transpose1d",
+                  "conv_transpose2d": "aten.conv_transpose2d"}
+
+
+@contextlib.contextmanager
+def _fold_only_present_convs() -> Iterator[None]:
+    """Within the block torchao's conv-BN fold (in ``convert_pt2e``) looks only for the conv kinds the graph has.
+
+    ``convert_pt2e`` folds QAT conv-BN by subgraph rewriting with 12 pattern pairs for each of
+    conv1d, conv2d, conv_transpose1d and conv_transpose2d, every pattern captured afresh by a strict
+    ``torch.export``: 96 exports per convert, whatever the model (torchao knows:
+    pytorch/pytorch#116440, "_fold_conv_bn_qat is taking a long time ... cache the patterns").
+    Measured (``scripts/pt2e_convert_time.py``, mini ResNet-18 width 0.25, 1 thread, AVX2 EPYC with
+    a training job on the other core): plain ``convert_pt2e`` 120 s, of which the 96 exports 113 s
+    (cProfile); with this block 15.7 s, INT8 weights identical and logits bit-identical.
+    A pattern built on a conv op the graph does not contain cannot match, so skipping those kinds
+    changes nothing but the time. ``qat_utils._fold_conv_bn_qat_helper`` is a private torchao
+    function, wrapped here only (the test of :data:`API` names it); if it disappears, convert still
+    works, at full cost.
+    """
+    from torchao.quantization.pt2e import qat_utils
+
+    original = getattr(qat_utils, "_fold_conv_bn_qat_helper", None)
+    if original is None:
+        yield
+        return
+
+    def helper(m: torch.fx.GraphModule, conv_fn: Any, *args: Any, **kwargs: Any) -> torch.fx.GraphModule:
+        op = _FOLD_CONV_OPS.get(getattr(conv_fn, "__name__", ""))
+        present = {str(n.target).rsplit(".", 1)[0] for n in m.graph.nodes if n.op == "call_function"}
+        if op is not None and op not in present:
+            return m  # no node of this conv kind: none of its patterns can match
+        return original(m, conv_fn, *args, **kwargs)
+
+    qat_utils._fold_conv_bn_qat_helper = helper
+    try:
+        yield
+    finally:
+        qat_utils._fold_conv_bn_qat_helper = original
 
 
 def _drop_unused_state(model: torch.fx.GraphModule) -> None:
