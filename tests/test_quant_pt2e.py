@@ -305,9 +305,9 @@ def test_a_cached_pt2e_q_stage_replays_to_the_same_int8_model(embedded, tmp_path
         assert again[-1][key] == first[-1][key], key
 
 
-def test_convert_folds_every_batchnorm_and_leaves_torchaos_fold_untouched(pqd_run):
-    """convert limits torchao's conv-BN fold to the conv kinds present (minutes -> seconds): the INT8 graph
-    must still have every BatchNorm folded into its conv, and torchao's own function restored afterwards.
+def test_convert_folds_every_batchnorm_and_leaves_torchaos_pattern_passes_untouched(pqd_run):
+    """prepare and convert limit torchao's conv-BN patterns to the conv kinds present (minutes -> seconds): the INT8 graph
+    must still have every BatchNorm folded into its conv, and torchao's own functions be restored afterwards.
     (That the limited fold gives bit-identical logits to torchao's full one is checked by
     scripts/pt2e_convert_time.py: the full fold costs ~2 minutes, too slow for a test.)"""
     from torchao.quantization.pt2e import qat_utils
@@ -316,4 +316,5 @@ def test_convert_folds_every_batchnorm_and_leaves_torchaos_fold_untouched(pqd_ru
     ops = {str(n.target) for n in out["int8"].graph.nodes if n.op == "call_function"}
     assert not ops & set(Q2._BATCH_NORM_OPS), "a BatchNorm was left unfolded in the INT8 graph"
     assert len(Q2.int8_layers(out["int8"])) == len(Q2.weight_layers(out["D"]))
-    assert qat_utils._fold_conv_bn_qat_helper.__module__ == qat_utils.__name__
+    for name in Q2._PATTERN_HELPERS:  # restored after prepare and convert
+        assert getattr(qat_utils, name).__module__ == qat_utils.__name__ and getattr(qat_utils, name).__name__ == name

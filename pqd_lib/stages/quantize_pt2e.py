@@ -100,7 +100,8 @@ API: tuple[tuple[str, str], ...] = (
     ("torchao.quantization.pt2e", "disable_observer"),
     ("torchao.quantization.pt2e", "enable_observer"),
     ("torchao.quantization.pt2e", "move_exported_model_to_eval"),
-    # private, used only by _fold_only_present_convs (see there)
+    # private, used only by _conv_bn_patterns_of_present_convs (see there)
+    ("torchao.quantization.pt2e.qat_utils", "_fuse_conv_bn_qat_helper"),
     ("torchao.quantization.pt2e.qat_utils", "_fold_conv_bn_qat_helper"),
 )
 
@@ -251,7 +252,8 @@ def prepare_qat(model: nn.Module, *, reduce_range: bool,
         example_inputs = (torch.zeros(1, 3, 32, 32, device=_device_of(model)),)
     graph = export_for_qat(model, example_inputs)
     quantizer = X86InductorQuantizer().set_global(quantization_config(reduce_range=reduce_range))
-    prepared = prepare_qat_pt2e(graph, quantizer)
+    with _conv_bn_patterns_of_present_convs():
+        prepared = prepare_qat_pt2e(graph, quantizer)
     prepared.meta[_BN_FROZEN] = False
     return _make_switchable(prepared).train()
 
@@ -348,52 +350,58 @@ def convert(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         raise ValueError("quantize.convert: the model is not QAT-prepared (run prepare_qat / stage Q first)")
     twin = copy.deepcopy(model).cpu()
     _set_mode(twin, False)
-    with _fold_only_present_convs():
+    with _conv_bn_patterns_of_present_convs():
         converted = convert_pt2e(twin)
     _drop_unused_state(converted)
     return _make_switchable(converted).eval()
 
 
-# The aten op (without overload) of each conv function torchao's QAT conv-BN fold traces patterns from.
-_FOLD_CONV_OPS = {"conv1d": "aten.conv1d", "conv2d": "aten.conv2d", "conv_transpose1d": "aten.conv_transpose1d",
-                  "conv_transpose2d": "aten.conv_transpose2d"}
+# The aten op (without overload) of each conv function torchao's conv-BN passes trace patterns from.
+_PATTERN_CONV_OPS = {"conv1d": "aten.conv1d", "conv2d": "aten.conv2d", "conv_transpose1d": "aten.conv_transpose1d",
+                     "conv_transpose2d": "aten.conv_transpose2d"}
+# torchao's per-conv-kind helpers of its two conv-BN passes: QAT fusion (prepare) and BN folding (convert).
+_PATTERN_HELPERS = ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")
 
 
 @contextlib.contextmanager
-def _fold_only_present_convs() -> Iterator[None]:
-    """Within the block torchao's conv-BN fold (in ``convert_pt2e``) looks only for the conv kinds the graph has.
+def _conv_bn_patterns_of_present_convs() -> Iterator[None]:
+    """Within the block torchao's conv-BN passes look only for the conv kinds the graph contains.
 
-    ``convert_pt2e`` folds QAT conv-BN by subgraph rewriting with 12 pattern pairs for each of
-    conv1d, conv2d, conv_transpose1d and conv_transpose2d, every pattern captured afresh by a strict
-    ``torch.export``: 96 exports per convert, whatever the model (torchao knows:
-    pytorch/pytorch#116440, "_fold_conv_bn_qat is taking a long time ... cache the patterns").
-    Measured (``scripts/pt2e_convert_time.py``, mini ResNet-18 width 0.25, 1 thread, AVX2 EPYC with
-    a training job on the other core): plain ``convert_pt2e`` 120 s, of which the 96 exports 113 s
-    (cProfile); with this block 15.7 s, INT8 weights identical and logits bit-identical.
-    A pattern built on a conv op the graph does not contain cannot match, so skipping those kinds
-    changes nothing but the time. ``qat_utils._fold_conv_bn_qat_helper`` is a private torchao
-    function, wrapped here only (the test of :data:`API` names it); if it disappears, convert still
-    works, at full cost.
+    ``prepare_qat_pt2e`` fuses conv-BN into the QAT form, and ``convert_pt2e`` folds it back, by
+    subgraph rewriting for each of conv1d, conv2d, conv_transpose1d and conv_transpose2d, every
+    pattern captured afresh by a strict ``torch.export`` (3 per conv kind in prepare, 24 in
+    convert), whatever the model -- torchao knows (pytorch/pytorch#116440: "_fold_conv_bn_qat is
+    taking a long time ... cache the patterns"). Measured (``scripts/pt2e_convert_time.py``, mini
+    ResNet-18 width 0.25, 1 thread, AVX2 EPYC with a training job on the other core, two runs):
+    plain ``convert_pt2e`` 120 s / 82 s, of which its 96 pattern exports 113 s / 76 s (cProfile);
+    with this block 15.7 s / 9.5 s; prepare 7.0 s -> 2.9 s; prepared outputs, INT8 weights and INT8
+    logits bit-identical. A pattern built on a conv op the graph
+    does not contain cannot match, and the helpers do nothing else but dead-code elimination and
+    dequantize-node bookkeeping that the next helper repeats, so skipping those kinds changes
+    nothing but the time. The helpers are private torchao functions, wrapped here only (the test of
+    :data:`API` names them); one that disappears is left alone and costs only time.
     """
     from torchao.quantization.pt2e import qat_utils
 
-    original = getattr(qat_utils, "_fold_conv_bn_qat_helper", None)
-    if original is None:
-        yield
-        return
+    originals = {name: getattr(qat_utils, name) for name in _PATTERN_HELPERS if hasattr(qat_utils, name)}
 
-    def helper(m: torch.fx.GraphModule, conv_fn: Any, *args: Any, **kwargs: Any) -> torch.fx.GraphModule:
-        op = _FOLD_CONV_OPS.get(getattr(conv_fn, "__name__", ""))
-        present = {str(n.target).rsplit(".", 1)[0] for n in m.graph.nodes if n.op == "call_function"}
-        if op is not None and op not in present:
-            return m  # no node of this conv kind: none of its patterns can match
-        return original(m, conv_fn, *args, **kwargs)
+    def only_present(original: Any) -> Any:
+        def helper(m: torch.fx.GraphModule, conv_fn: Any, *args: Any, **kwargs: Any) -> torch.fx.GraphModule:
+            op = _PATTERN_CONV_OPS.get(getattr(conv_fn, "__name__", ""))
+            present = {str(n.target).rsplit(".", 1)[0] for n in m.graph.nodes if n.op == "call_function"}
+            if op is not None and op not in present:
+                return m  # no node of this conv kind: none of its patterns can match
+            return original(m, conv_fn, *args, **kwargs)
 
-    qat_utils._fold_conv_bn_qat_helper = helper
+        return helper
+
+    for name, original in originals.items():
+        setattr(qat_utils, name, only_present(original))
     try:
         yield
     finally:
-        qat_utils._fold_conv_bn_qat_helper = original
+        for name, original in originals.items():
+            setattr(qat_utils, name, original)
 
 
 def _drop_unused_state(model: torch.fx.GraphModule) -> None:
