@@ -202,9 +202,14 @@ def _by_seed(df: pd.DataFrame, column: str) -> pd.Series:
 
 
 def _measured(df: pd.DataFrame, notebook: str, model: str | None) -> pd.DataFrame:
-    """Notebook `notebook`'s eager-runtime measurements of `model` at the protocol point."""
-    rows = protocol_point(df[df["kind"].eq(Kind.MEASURED) & df["notebook"].eq(notebook)
-                             & df["runtime"].fillna("torch-eager").eq("torch-eager")])
+    """Notebook `notebook`'s measurements of `model` at the protocol point, on the runtime it deploys on:
+    torch eager, or ``torch-compile`` for a model measured only compiled (a PT2E INT8 graph, whose eager
+    form is a slow reference: ``measure.runtimes.default_runtime``)."""
+    rows = df[df["kind"].eq(Kind.MEASURED) & df["notebook"].eq(notebook)]
+    runtime = rows["runtime"].fillna("torch-eager")
+    eager_models = set(rows.loc[runtime.eq("torch-eager"), "model"])
+    deployed = runtime.eq("torch-eager") | (runtime.eq("torch-compile") & ~rows["model"].isin(eager_models))
+    rows = protocol_point(rows[deployed])
     return rows[rows["model"].eq(model)]
 
 

@@ -87,7 +87,7 @@ def save_deploy(model: nn.Module, path: str | os.PathLike, *, arch: dict[str, An
         raise DeployError(f"save_deploy: form {form!r} but the model is {'INT8' if is_int8 else 'FP32'}")
     if is_int8 and (quantize_stage.int8_settings(model) or {}).get("engine") == "pt2e":
         raise DeployError("save_deploy: a PT2E INT8 graph (quantize.engine pt2e) is saved as a torch.export "
-                          "program or ONNX: stages.quantize_pt2e.save_program / save_onnx")
+                          "program (deploy.save_artifact) or ONNX (measure.onnx_runtime.export_qat_onnx)")
     quantize = {"backend": None, "reduce_range": None}
     if is_int8:
         quantize = _int8_settings(model, path, backend=backend, reduce_range=reduce_range)

@@ -45,6 +45,7 @@ from . import controls, labels, models, pipeline, results, train
 from .config import RunConfig
 from .data import DataSplits
 from .labels import Kind, Notebook
+from .measure.runtimes import default_runtime
 from .measure.size import model_sizes
 from .measure.table import ModelRun, measure_models
 from .measure.timing import resolve_threads
@@ -100,7 +101,9 @@ class _Seed:
 
     def write(self, results_dir: Path, *, latency: bool, log: Callable[[str], Any]) -> int:
         """Time the models (one rounds comparison over their deploy signatures) when `latency`; write every record."""
-        point = {"runtime": "torch-eager", "threads": min(resolve_threads(self.cfg.measure.threads)),
+        # The protocol point; each model's runtime is the one it deploys on (runtimes.default_runtime:
+        # torch-compile for a PT2E INT8 graph), so a record keeps its id and runtime when timed later.
+        point = {"threads": min(resolve_threads(self.cfg.measure.threads)),
                  "batch_size": min(self.cfg.measure.batch_sizes), "latency_ms_p50": None, "latency_ms_p90": None,
                  "latency_deferred": True}
         timed: dict[Any, dict[str, Any]] = {}
@@ -126,7 +129,8 @@ class _Seed:
                                                  notebook=Notebook.PIPELINE, results_dir=results_dir,
                                                  run_id=self.run_id))
         for i, (cfg, record_id, fields, model) in enumerate(self.records):
-            extra = (point | timed.get(("record", i), {})) if model is not None else {}
+            extra = ({**point, "runtime": default_runtime(model), **timed.get(("record", i), {})}
+                     if model is not None else {})
             results.append(results.make_record(cfg, record_id=record_id, **(fields | extra)), results_dir,
                            replace=True)
             written += 1

@@ -11,9 +11,9 @@ kernels do the same work whatever the values), convert, and write their deploy f
 
 * FX: the pqd deploy file on torch eager (quantized x86 kernels), and its QDQ ONNX export
   (``measure.onnx_runtime.export_qat_onnx``) on ONNX Runtime and (with the extra) OpenVINO;
-* PT2E: the ``torch.export`` program (``quantize_pt2e.save_program``, no pickled code) under
+* PT2E: the ``torch.export`` program (``deploy.save_artifact``: ``.pt2``, no pickled code) under
   ``torch.compile`` with inductor's freezing (``quantize.compile_for_cpu``: oneDNN INT8 kernels), and
-  its QDQ ONNX export (``quantize_pt2e.save_onnx``) on ONNX Runtime and OpenVINO.
+  its QDQ ONNX export (the same ``export_qat_onnx``) on ONNX Runtime and OpenVINO.
 
 All are timed with ``pqd_lib.measure.rounds.compare`` against FP32 eager (the reference): fresh
 pinned processes, compile/session time recorded apart (``compile``), >= 15 rotated rounds, relative
@@ -42,7 +42,6 @@ from pqd_lib.measure import onnx_runtime, openvino_runtime, rounds  # noqa: E402
 from pqd_lib.measure.rounds import Candidate  # noqa: E402
 from pqd_lib.models import build  # noqa: E402
 from pqd_lib.stages import quantize as quantize_stage  # noqa: E402
-from pqd_lib.stages import quantize_pt2e  # noqa: E402
 
 REFERENCE = "FP32 eager (reference)"
 FX = ("FX INT8 torch eager", "FX QDQ ONNX Runtime", "FX QDQ OpenVINO")
@@ -73,8 +72,8 @@ def artifacts(arch: dict, images: torch.Tensor, work: Path, with_openvino: bool)
     print(f"(FX: prepare, convert, ONNX export {time.time() - t:.0f} s)")
     t = time.time()
     pt = quantize_stage.convert(pt2e_prepared(dense, images, reduce_range))
-    pt_program = quantize_pt2e.save_program(pt, work / "pt2e_int8.pt2")
-    pt_onnx = quantize_pt2e.save_onnx(pt, work / "pt2e_int8.onnx")
+    pt_program = save_artifact(pt, work / "pt2e_int8.pt2", arch=arch)
+    pt_onnx = onnx_runtime.export_qat_onnx(pt, work / "pt2e_int8.onnx")
     print(f"(PT2E: prepare, convert, torch.export + ONNX export {time.time() - t:.0f} s)")
     cands = [Candidate(FX[0], fx_int8), Candidate(FX[1], fx_onnx, "onnxruntime"),
              Candidate(PT2E[0], pt_program, "torch-compile"), Candidate(PT2E[1], pt_onnx, "onnxruntime")]

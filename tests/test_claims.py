@@ -206,3 +206,19 @@ def test_c3_is_decided_per_learning_rate_setting_and_the_ce_control_feeds_c4():
     # The control's records do not leak into the order ablation or the frontier.
     points = claims.methods(claims.select(pd.concat([records, free, ce], ignore_index=True)))
     assert points.groupby("method").size().eq(3).all()
+
+
+def test_a_pt2e_int8_model_is_judged_on_its_compiled_runtime_and_an_eager_model_on_eager():
+    """A PT2E INT8 graph is measured only under torch-compile (eager it runs INT8 arithmetic in FP32):
+    C1 must read that row; a model measured eager (FP32, FX INT8) keeps its eager row even when a
+    compiled one exists beside it (``measure.compile``)."""
+    df = _records()
+    q = df["notebook"].eq("03") & df["model"].eq("Q")
+    df.loc[q, "runtime"] = "torch-compile"  # a PT2E grid writes its INT8 rows so
+    compiled_fp32 = df[df["notebook"].eq("03") & df["model"].eq("baseline")].assign(runtime="torch-compile",
+                                                                                     latency_ms_p50=0.1)
+    df = pd.concat([df, compiled_fp32], ignore_index=True)
+    # Holds only if notebook 03's FP32 is its eager 2 ms (not the compiled 0.1 ms) and INT8 its compiled rows.
+    assert _verdict(claims.verdicts(claims.select(df)), "C1", "trained width") == claims.HOLDS
+    points = claims.methods(claims.select(df))
+    assert len(points.query("method == 'Q alone'")) == 3  # the compiled rows, one per seed

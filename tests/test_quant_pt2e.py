@@ -234,11 +234,17 @@ def test_the_int8_graph_exports_to_qdq_onnx_that_onnx_runtime_runs_like_the_refe
     import onnx
     import onnxruntime as ort
 
+    from pqd_lib.measure import onnx_runtime as O
+
     (out, _, data) = pqd_run
     int8 = out["int8"]
-    path = Q2.save_onnx(int8, tmp_path / "int8.onnx")
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    path = O.export_qat_onnx(int8, tmp_path / "int8.onnx")  # the one QAT ONNX export, either engine
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= set(ops)
+    # 7-bit activations: every activation QuantizeLinear is clamped to 0..127 (ONNX's drops the range).
+    assert ops.count("Clip") == ops.count("QuantizeLinear") > 0
+    assert O.read_metadata(path)["pqd_engine"] == "pt2e" and O.read_metadata(path)["pqd_reduce_range"] == "true"
     x = next(iter(data_mod.batches(data, "test", 16, shuffle=False, augment=False)))[0]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
@@ -306,8 +312,9 @@ def test_a_cached_pt2e_q_stage_replays_to_the_same_int8_model(embedded, tmp_path
 
 
 def test_convert_folds_every_batchnorm_and_leaves_torchaos_pattern_passes_untouched(pqd_run):
-    """prepare and convert limit torchao's conv-BN patterns to the conv kinds present (minutes -> seconds): the INT8 graph
-    must still have every BatchNorm folded into its conv, and torchao's own functions be restored afterwards.
+    """prepare and convert limit torchao's conv-BN patterns to the conv kinds present (minutes -> seconds):
+    the INT8 graph must still have every BatchNorm folded into its conv, and torchao's own functions be
+    restored afterwards.
     (That the limited fold gives bit-identical logits to torchao's full one is checked by
     scripts/pt2e_convert_time.py: the full fold costs ~2 minutes, too slow for a test.)"""
     from torchao.quantization.pt2e import qat_utils
@@ -318,3 +325,18 @@ def test_convert_folds_every_batchnorm_and_leaves_torchaos_pattern_passes_untouc
     assert len(Q2.int8_layers(out["int8"])) == len(Q2.weight_layers(out["D"]))
     for name in Q2._PATTERN_HELPERS:  # restored after prepare and convert
         assert getattr(qat_utils, name).__module__ == qat_utils.__name__ and getattr(qat_utils, name).__name__ == name
+
+
+def test_a_deferred_measurement_names_the_runtime_each_model_will_be_timed_on(pqd_run):
+    """The grid defers latency: its records must already name the runtime the latency phase will use
+    (torch-compile for a PT2E INT8 graph, eager for FP32), so the timed record replaces the deferred one."""
+    from pqd_lib.measure.table import ModelRun, measure_models
+
+    out, _, data = pqd_run
+    cfg = C.preset("smoke", data={"source": "embedded"}, quantize={"engine": "pt2e"})
+    fp32 = _model()
+    table = measure_models({"INT8": ModelRun(cfg, out["int8"], "PQD"), "FP32": ModelRun(cfg, fp32, "baseline")}, data,
+                           reference=_model(), latency=False)
+    runtime = dict(zip(table["model"], table["runtime"]))
+    assert runtime == {"INT8": "torch-compile", "FP32": "torch-eager"}
+    assert table["latency_deferred"].all()

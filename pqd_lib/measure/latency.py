@@ -189,7 +189,7 @@ def measure_latency(model: nn.Module | str | os.PathLike, cfg: MeasureConfig | N
     """Time one model under the single-model protocol (module docstring); one record per runtime x threads x batch.
 
     The same function measures FP32, pruned FP32 (dense kernels: ``torch-eager``; CSR kernels:
-    ``torch-sparse-csr``), INT8 (the FX-converted model, ``torch-eager``) and ONNX models
+    ``torch-sparse-csr``), INT8 (FX-converted: ``torch-eager``; PT2E: ``torch-compile``) and ONNX models
     (``onnxruntime``, ``openvino``); with ``compile=True`` a ``torch-compile`` record follows each
     eager one. To compare models, use :func:`pqd_lib.measure.rounds.compare` instead.
 
@@ -199,7 +199,9 @@ def measure_latency(model: nn.Module | str | os.PathLike, cfg: MeasureConfig | N
             file when `arch` (or ``model.pqd_arch``) names its architecture, else the pickled module
             itself (its class must be importable in a fresh process).
         cfg: the protocol; None = ``MeasureConfig()`` defaults.
-        runtime: one of :data:`RUNTIMES`; None = ``torch-eager`` (``onnxruntime`` for ``.onnx`` paths).
+        runtime: one of :data:`RUNTIMES`; None = the model's deploy runtime
+            (:func:`~pqd_lib.measure.runtimes.default_runtime`: ``onnxruntime`` for ``.onnx`` paths,
+            ``torch-compile`` for a PT2E INT8 graph or ``.pt2`` program, else ``torch-eager``).
         device: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (FP32 torch runtimes only).
         arch: ``{"name", "num_classes", "width"}`` of a registry model, to save the module as a deploy file.
         form: override the detected form (``fp32``, ``fp32-sparse``, ``int8``).

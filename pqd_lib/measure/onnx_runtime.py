@@ -17,7 +17,9 @@ the same protocol as PyTorch (``runtime="onnxruntime"``):
   U8S8 per-channel 84.2 % / 14.3 dB, 39.8 % (QOperator format the same); U8S8 per-tensor 93.4 % /
   19.8 dB, 42.2 %; U8S8 with ORT's ``reduce_range`` (7-bit weights) 99.7 % / 47.1 dB, 42.9 %;
   U8U8 99.9 % / 48.3 dB, 43.2 %; S8S8 99.8 % / 54.6 dB, 42.9 %.
-* pqd INT8 (our QAT model on ORT): the FX QAT-prepared model is lowered by torch.ao to its
+* pqd INT8 (our QAT model on ORT), :func:`export_qat_onnx` for either Q engine. PT2E
+  (``quantize.engine: pt2e``): the converted INT8 graph's ``torch.export`` program goes through the
+  dynamo exporter as QDQ with INT8 weight constants. FX: the QAT-prepared model is lowered by torch.ao to its
   *decomposed reference* form (``_convert_to_reference_decomposed_fx``: BN folded into the conv
   weights, ``quantized_decomposed.quantize/dequantize_per_tensor|channel`` ops carrying the learned
   scales and zero points) and exported with the dynamo exporter, which writes them as
@@ -182,58 +184,79 @@ def _first_line(exc: BaseException) -> str:
     return text[:300]
 
 
-def export_qat_onnx(prepared: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...] = (3, 32, 32),
+def export_qat_onnx(model: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...] = (3, 32, 32),
                     metadata: dict[str, Any] | None = None) -> Path:
-    """Export a QAT-prepared (fake-quant, FX) model to ONNX QDQ with its learned scales, INT8 weights folded.
+    """Export pqd's QAT model to ONNX QDQ with its learned scales and INT8 weights, whichever the Q engine.
 
-    The prepared model (left untouched) is copied, put in eval mode, lowered with
-    ``torch.ao.quantization.quantize_fx._convert_to_reference_decomposed_fx`` (BN folded, weights
-    and activations as decomposed quantize/dequantize ops) and exported with the dynamo exporter;
-    then :func:`fold_weight_quantizers` stores the weights as INT8 initializers. ``pqd_form`` =
-    ``"int8"``, ``pqd_source`` = ``"qat"``, ``pqd_reduce_range`` (the activation range it was
-    trained with) in the metadata.
+    `model` is a QAT-prepared (fake-quant) model of either engine, or a PT2E INT8 graph (the deploy
+    form of ``quantize.engine: pt2e``); it is left untouched.
+
+    * FX: a copy in eval mode is lowered with
+      ``torch.ao.quantization.quantize_fx._convert_to_reference_decomposed_fx`` (BN folded, weights
+      and activations as decomposed quantize/dequantize ops) and exported with the dynamo exporter;
+      :func:`fold_weight_quantizers` then stores the weights as INT8 initializers.
+    * PT2E: the INT8 graph (``quantize.convert`` of a prepared model) is exported from its
+      ``torch.export`` program (:func:`pqd_lib.stages.quantize_pt2e.write_onnx`); its weights are
+      INT8 constants already.
+
+    Both then get :func:`clip_activation_range` when the activations are 7-bit (``reduce_range``).
+    Metadata: ``pqd_form`` = ``"int8"``, ``pqd_source`` = ``"qat"``, ``pqd_engine`` (``"fx"`` or
+    ``"pt2e"``), ``pqd_reduce_range`` (the activation range it was trained with).
 
     Raises:
-        OnnxError: `prepared` has no fake-quant modules, or the lowering/export failed.
+        OnnxError: `model` is neither QAT-prepared nor a PT2E INT8 graph, or the lowering/export failed.
     """
-    from torch.ao.quantization.fake_quantize import FakeQuantizeBase
-    from torch.ao.quantization.quantize_fx import _convert_to_reference_decomposed_fx
-
-    from ..stages.quantize import activation_reduce_range
+    from ..stages import quantize as quantize_stage
 
     path = Path(path)
-    if not any(isinstance(m, FakeQuantizeBase) for m in prepared.modules()):
-        raise OnnxError(f"{path}: export_qat_onnx needs the QAT-prepared (fake-quant) model, not an FP32 or "
-                        "converted INT8 one")
-    from torch.ao.quantization import disable_observer
-
-    reduce_range = activation_reduce_range(prepared)
-    twin = copy.deepcopy(prepared).cpu().to(memory_format=torch.contiguous_format).eval()
-    # Lowering runs the weight fake-quants; an enabled observer would move the learned scales.
-    twin.apply(disable_observer)
-    example = (torch.zeros(2, *input_shape),)
+    pt2e_int8 = quantize_stage.deploys_compiled(model)  # a PT2E INT8 graph
+    if not (pt2e_int8 or quantize_stage.is_fake_quant(model)):
+        raise OnnxError(f"{path}: export_qat_onnx needs the QAT-prepared (fake-quant) model or a PT2E INT8 graph, "
+                        "not an FP32 or FX-converted INT8 one")
+    engine = quantize_stage.engine_of(model)
+    if pt2e_int8:
+        reduce_range = (quantize_stage.int8_settings(model) or {}).get("reduce_range")
+    else:
+        reduce_range = quantize_stage.activation_reduce_range(model)
 
     def write(tmp: Path) -> None:
         import onnx
 
         with _quiet(), torch.no_grad():
-            reference = _convert_to_reference_decomposed_fx(twin)
-            torch.onnx.export(reference, example, str(tmp), dynamo=True, external_data=False,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes=_dynamic_batch())
-        model = onnx.load(str(tmp))
-        _strip_debug_info(model)
-        fold_weight_quantizers(model)
+            if engine == "pt2e":
+                from ..stages import quantize_pt2e
+
+                int8 = model if pt2e_int8 else quantize_stage.convert(model)
+                quantize_pt2e.write_onnx(int8, tmp, input_shape=(1, *input_shape), input_name=INPUT_NAME,
+                                         output_name=OUTPUT_NAME)
+            else:
+                _export_fx_reference(model, tmp, input_shape)
+        exported = onnx.load(str(tmp))
+        _strip_debug_info(exported)
+        fold_weight_quantizers(exported)
         if reduce_range:
-            clip_activation_range(model, 0, 127)
-        _merge_metadata(model, {"pqd_form": "int8", "pqd_source": "qat", "pqd_reduce_range": reduce_range,
-                                **(metadata or {})})
-        onnx.save(model, str(tmp))
+            clip_activation_range(exported, 0, 127)
+        _merge_metadata(exported, {"pqd_form": "int8", "pqd_source": "qat", "pqd_engine": engine,
+                                   "pqd_reduce_range": reduce_range, **(metadata or {})})
+        onnx.save(exported, str(tmp))
 
     try:
         return _atomic_onnx(write, path)
     except Exception as exc:
         raise OnnxError(f"{path}: QAT model export to ONNX failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _export_fx_reference(prepared: nn.Module, tmp: Path, input_shape: tuple[int, ...]) -> None:
+    """The FX path of :func:`export_qat_onnx`: torch.ao's decomposed reference model, dynamo-exported to `tmp`."""
+    from torch.ao.quantization import disable_observer
+    from torch.ao.quantization.quantize_fx import _convert_to_reference_decomposed_fx
+
+    twin = copy.deepcopy(prepared).cpu().to(memory_format=torch.contiguous_format).eval()
+    # Lowering runs the weight fake-quants; an enabled observer would move the learned scales.
+    twin.apply(disable_observer)
+    reference = _convert_to_reference_decomposed_fx(twin)
+    torch.onnx.export(reference, (torch.zeros(2, *input_shape),), str(tmp), dynamo=True, external_data=False,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic_batch())
 
 
 def _quantize_linear(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:

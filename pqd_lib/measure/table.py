@@ -17,6 +17,7 @@ from ..data import DataSplits
 from .accuracy import accuracy
 from .latency import measure_latency
 from .proxies import proxies, weight_sparsity
+from .runtimes import default_runtime
 from .size import mib, model_sizes
 from .timing import resolve_threads
 
@@ -50,8 +51,8 @@ def measure_models(runs: Mapping[str, ModelRun], data: DataSplits, *, reference:
     The latency protocol is each run's ``config.measure``. Columns: ``model``, ``order``,
     ``sparsity``, the accuracy, size, proxy and latency fields, and ``size_MiB`` /
     ``size_sparse_MiB``. ``latency=False`` times nothing (a training grid defers latency to a quiet
-    phase): one row per model at the protocol point (fewest threads, smallest batch, eager runtime)
-    with empty latency fields and ``latency_deferred`` = True.
+    phase): one row per model at the protocol point (fewest threads, smallest batch, the model's
+    deploy runtime: ``runtimes.default_runtime``) with empty latency fields and ``latency_deferred`` = True.
     """
     shape = tuple(data.x_test.shape[1:])
     rows = []
@@ -60,7 +61,9 @@ def measure_models(runs: Mapping[str, ModelRun], data: DataSplits, *, reference:
                  **accuracy(run.model, data), **model_sizes(run.model),
                  **proxies(run.model, (1, *shape), fp32_reference=reference)}
         if not latency:
-            point = {"runtime": "torch-eager", "threads": min(resolve_threads(run.config.measure.threads)),
+            # The runtime it will be timed on (torch-compile for a PT2E INT8 graph): the record id the
+            # latency phase rewrites is the same.
+            point = {"runtime": default_runtime(run.model), "threads": min(resolve_threads(run.config.measure.threads)),
                      "batch_size": min(run.config.measure.batch_sizes), "latency_ms_p50": None,
                      "latency_ms_p90": None, "latency_deferred": True}
             rows.append({**facts, **point})

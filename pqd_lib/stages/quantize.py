@@ -113,6 +113,7 @@ __all__ = [
     "int8_skeleton",
     "is_fake_quant",
     "is_int8",
+    "engine_of",
     "deploys_compiled",
     "compile_for_cpu",
     "int8_layers",
@@ -456,6 +457,14 @@ def int8_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def is_int8(model: nn.Module) -> bool:
     """True for a converted model with quantized conv/linear weights."""
     return bool(int8_weights(model))
+
+
+def engine_of(model: nn.Module) -> str | None:
+    """The Q engine that made a QAT-prepared or INT8 `model`: ``"pt2e"`` (an exported graph) or ``"fx"``;
+    None for any other model (FP32, pruned)."""
+    if _is_pt2e(model):
+        return "pt2e" if _pt2e().is_fake_quant(model) or _pt2e().is_int8(model) else None
+    return "fx" if is_fake_quant(model) or is_int8(model) else None
 
 
 def deploys_compiled(model: nn.Module) -> bool:

@@ -74,7 +74,7 @@ __all__ = [
     "load_with_settings",
     "read_program_settings",
     "load_program",
-    "save_onnx",
+    "write_onnx",
 ]
 
 #: The torch/torchao functions and classes this module depends on, as (module, attribute): a test
@@ -569,21 +569,17 @@ def load_program(path: Any) -> nn.Module:
     return load_with_settings(path)[0].module()
 
 
-def save_onnx(model: torch.fx.GraphModule, path: Any, *, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> Any:
-    """Atomically write a converted graph as ONNX with QuantizeLinear/DequantizeLinear pairs (QDQ); returns the path.
+def write_onnx(model: torch.fx.GraphModule, path: Any, *, input_shape: tuple[int, ...] = (1, 3, 32, 32),
+               input_name: str = "input", output_name: str = "logits") -> None:
+    """Write a converted graph as ONNX with QuantizeLinear/DequantizeLinear pairs (QDQ) to `path`, batch dynamic.
 
-    Exported from the same ``torch.export`` program as :func:`save_program` by torch's dynamo ONNX
-    exporter; ONNX Runtime and OpenVINO fuse the QDQ pairs into their INT8 kernels. Batch dimension
-    dynamic.
+    The raw export (torch's dynamo ONNX exporter on the same ``torch.export`` program as
+    :func:`save_program`); ONNX Runtime and OpenVINO fuse the QDQ pairs into their INT8 kernels.
+    Use :func:`pqd_lib.measure.onnx_runtime.export_qat_onnx`, which writes atomically and restores the
+    7-bit activation range that ONNX's QuantizeLinear drops.
     """
-    from pathlib import Path
-
-    from .._atomic import atomic_path
-
     if not is_int8(model):
-        raise ValueError("save_onnx: the model is not a converted PT2E INT8 graph (run convert first)")
+        raise ValueError("write_onnx: the model is not a converted PT2E INT8 graph (run convert first)")
     program = _program(model, input_shape)
-    with atomic_path(path, keep_suffix=True) as tmp:
-        torch.onnx.export(program, (torch.zeros(*input_shape),), str(tmp), dynamo=True, external_data=False,
-                          input_names=["input"], output_names=["logits"])
-    return Path(path)
+    torch.onnx.export(program, (torch.zeros(*input_shape),), str(path), dynamo=True, external_data=False,
+                      input_names=[input_name], output_names=[output_name])
