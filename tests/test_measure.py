@@ -729,3 +729,18 @@ def test_openvino_runs_the_onnx_files_pqd_writes(tiny, tiny_onnx):
     assert ov.shape == (6, 10) and sqnr_db > 25  # measured 34 dB: requantisation rounding only
     (r,) = L.measure_latency(qat, runtime="openvino", **FAST, isolate=False)
     assert r["error"] is None and r["runtime"] == "openvino" and r["form"] == "int8" and r["compile_s"] > 0
+
+
+def test_the_qat_onnx_export_names_its_engine_and_refuses_a_model_it_cannot_lower(tiny, tiny_qat_int8, tiny_onnx,
+                                                                                    tmp_path):
+    """export_qat_onnx is the one QAT ONNX export of both Q engines (PT2E's is in tests/test_quant_pt2e.py):
+    its file says which engine made it; an FP32 or FX-converted model is a one-line error naming the fix."""
+    from pqd_lib.measure import onnx_runtime as O
+
+    assert O.read_metadata(tiny_onnx["qat"])["pqd_engine"] == "fx"
+    _, fx_int8 = tiny_qat_int8
+    for model in (tiny, fx_int8):
+        with pytest.raises(O.OnnxError) as err:
+            O.export_qat_onnx(model, tmp_path / "x.onnx")
+        assert "\n" not in str(err.value) and "QAT-prepared" in str(err.value)
+    assert not (tmp_path / "x.onnx").exists()
