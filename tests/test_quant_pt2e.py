@@ -187,15 +187,31 @@ class UserCNN(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_compress_a_user_cnn_through_pt2e_gives_int8_that_saves_and_reloads(embedded, tmp_path):
+@pytest.fixture(scope="module")
+def user_cnn_twice(embedded, tmp_path_factory):
+    """P -> Q (PT2E) of a UserCNN through pipeline.compress, run twice on one stage cache: (data, first, again).
+
+    The second run rebuilds both stages from the cache; one fixture serves the compress test and the
+    replay test, so the module pays one PT2E training run less (each prepare/convert costs seconds)."""
     from pqd_lib import pipeline
 
     data = embedded.subset(train=128, test=64, seed=0)
-    cfg = C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path / "cache"),
+    cfg = C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path_factory.mktemp("pt2e-user")),
                    quantize={"engine": "pt2e", "reduce_range": True}, prune={"target_sparsity": 0.5})
-    torch.manual_seed(0)
-    model = UserCNN()
-    out, records = pipeline.compress(model, data, order="PQ", config=cfg, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            runs.append(pipeline.compress(UserCNN(), data, order="PQ", config=cfg, progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    return data, runs[0], runs[1]
+
+
+def test_compress_a_user_cnn_through_pt2e_gives_int8_that_saves_and_reloads(user_cnn_twice, tmp_path):
+    data, (out, records), _ = user_cnn_twice
     assert Q.is_int8(out) and Q2.is_exported(out) and records[-1]["deploy_form"] == "int8"
     assert records[-1]["details"]["engine"] == "pt2e" and records[-1]["int8_agreement"] >= 95.0
     assert records[-1]["deploy_sparsity"] == pytest.approx(0.5, abs=0.01)  # conv2 pruned (conv1, fc excluded)
@@ -290,23 +306,11 @@ def test_a_pt2e_int8_artifact_is_a_program_that_records_its_range_and_refuses_fu
     assert deploy.load_artifact(full, allow_saturation=True)(x).shape == (4, 10)
 
 
-def test_a_cached_pt2e_q_stage_replays_to_the_same_int8_model(embedded, tmp_path):
+def test_a_cached_pt2e_q_stage_replays_to_the_same_int8_model(user_cnn_twice):
     """The grid resumes from the stage cache: a PT2E Q stage rebuilt from it (export + prepare, then its
     state dict) must give the INT8 model the uninterrupted run gave."""
-    from pqd_lib import pipeline
-
-    data = embedded.subset(train=128, test=64, seed=0)
-    cfg = C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path / "cache"),
-                   quantize={"engine": "pt2e", "reduce_range": True})
-    start = _model()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _, first = pipeline.run_stages(start, cfg, data, order="Q", progress=False)
-        _, again = pipeline.run_stages(start, cfg, data, order="Q", progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    assert [r["cached_stage"] for r in first] == [False] and [r["cached_stage"] for r in again] == [True]
+    _, (_, first), (_, again) = user_cnn_twice
+    assert [r["cached_stage"] for r in first] == [False, False] and [r["cached_stage"] for r in again] == [True, True]
     for key in ("deploy_top1", "correct_bits", "int8_agreement", "fake_quant_top1"):
         assert again[-1][key] == first[-1][key], key
 
