@@ -45,10 +45,8 @@ from . import controls, labels, models, pipeline, results, train
 from .config import RunConfig
 from .data import DataSplits
 from .labels import Kind, Notebook
-from .measure.runtimes import default_runtime
 from .measure.size import model_sizes
-from .measure.table import ModelRun, measure_models
-from .measure.timing import resolve_threads
+from .measure.table import ModelRun, deferred_latency, measure_models
 
 __all__ = ["ORDERS", "PRUNE_TARGETS", "run_seed"]
 
@@ -101,11 +99,8 @@ class _Seed:
 
     def write(self, results_dir: Path, *, latency: bool, log: Callable[[str], Any]) -> int:
         """Time the models (one rounds comparison over their deploy signatures) when `latency`; write every record."""
-        # The protocol point; each model's runtime is the one it deploys on (runtimes.default_runtime:
-        # torch-compile for a PT2E INT8 graph), so a record keeps its id and runtime when timed later.
-        point = {"threads": min(resolve_threads(self.cfg.measure.threads)),
-                 "batch_size": min(self.cfg.measure.batch_sizes), "latency_ms_p50": None, "latency_ms_p90": None,
-                 "latency_deferred": True}
+        # The protocol point, each model on the runtime it deploys on (table.deferred_latency).
+        point = {k: v for k, v in deferred_latency(self.cfg.measure, None).items() if k != "runtime"}
         timed: dict[Any, dict[str, Any]] = {}
         if latency:
             from .measure.rounds import latency_phase  # worker processes: only for the latency phase
@@ -129,7 +124,7 @@ class _Seed:
                                                  notebook=Notebook.PIPELINE, results_dir=results_dir,
                                                  run_id=self.run_id))
         for i, (cfg, record_id, fields, model) in enumerate(self.records):
-            extra = ({**point, "runtime": default_runtime(model), **timed.get(("record", i), {})}
+            extra = (deferred_latency(self.cfg.measure, model) | timed.get(("record", i), {})
                      if model is not None else {})
             results.append(results.make_record(cfg, record_id=record_id, **(fields | extra)), results_dir,
                            replace=True)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from torch import nn
 
-from ..config import RunConfig
+from ..config import MeasureConfig, RunConfig
 from ..data import DataSplits
 from .accuracy import accuracy
 from .latency import measure_latency
@@ -21,7 +22,7 @@ from .runtimes import default_runtime
 from .size import mib, model_sizes
 from .timing import resolve_threads
 
-__all__ = ["ModelRun", "measure_models", "protocol_point", "COST_COLUMNS"]
+__all__ = ["ModelRun", "measure_models", "deferred_latency", "protocol_point", "COST_COLUMNS"]
 
 #: The columns a notebook shows of the table (the rest are in the records).
 COST_COLUMNS = ["model", "form", "top1", "sparsity", "size_MiB", "size_sparse_MiB", "nonzero_params",
@@ -35,6 +36,16 @@ class ModelRun:
     config: RunConfig
     model: nn.Module
     order: str
+
+
+def deferred_latency(measure: MeasureConfig, model: nn.Module | None) -> dict[str, Any]:
+    """The latency fields of a model whose timing is deferred to a later latency phase: the protocol
+    point of `measure` (fewest threads, smallest batch) on the runtime `model` deploys on
+    (``runtimes.default_runtime``: torch-compile for a PT2E INT8 graph), so the record keeps its id
+    and runtime when the phase times it; latencies empty, ``latency_deferred`` True."""
+    return {"runtime": default_runtime(model), "threads": min(resolve_threads(measure.threads)),
+            "batch_size": min(measure.batch_sizes), "latency_ms_p50": None, "latency_ms_p90": None,
+            "latency_deferred": True}
 
 
 def measure_models(runs: Mapping[str, ModelRun], data: DataSplits, *, reference: nn.Module,
@@ -61,12 +72,7 @@ def measure_models(runs: Mapping[str, ModelRun], data: DataSplits, *, reference:
                  **accuracy(run.model, data), **model_sizes(run.model),
                  **proxies(run.model, (1, *shape), fp32_reference=reference)}
         if not latency:
-            # The runtime it will be timed on (torch-compile for a PT2E INT8 graph): the record id the
-            # latency phase rewrites is the same.
-            point = {"runtime": default_runtime(run.model), "threads": min(resolve_threads(run.config.measure.threads)),
-                     "batch_size": min(run.config.measure.batch_sizes), "latency_ms_p50": None,
-                     "latency_ms_p90": None, "latency_deferred": True}
-            rows.append({**facts, **point})
+            rows.append({**facts, **deferred_latency(run.config.measure, run.model)})
             continue
         rows += [{**facts, **lat} for lat in measure_latency(run.model, run.config.measure, arch=arch,
                                                               input_shape=shape)]
