@@ -202,15 +202,22 @@ def _split_digest(data: data_mod.DataSplits) -> str:
 #: The config section of each stage's own settings.
 _SECTIONS = {"P": "prune", "Q": "quantize", "D": "distill"}
 
+#: Fields of a stage's section that enter a cache key, for a prefix that does not run the stage, at the
+#: value they had when the cache was written rather than at today's default: quantize.engine's default
+#: became "pt2e" after the stage cache held P and D prefixes keyed with the old default "fx" (the
+#: standard grid's among them), and those prefixes do not depend on the engine at all.
+_UNRUN_SECTION_KEY = {"quantize": {"engine": "fx"}}
+
 
 def _prefix_hash(cfg: RunConfig, prefix: str) -> str:
     """The hash of the settings the stages of `prefix` depend on: `cfg` with the order cut to `prefix`,
-    without the sections of stages it does not run, and without ``qat_lr_after_q`` unless a stage runs
-    after Q (only then is there a rate to cap)."""
+    the sections of stages it does not run at a fixed neutral value (their defaults, `_UNRUN_SECTION_KEY`
+    on top), and without ``qat_lr_after_q`` unless a stage runs after Q (only then is there a rate to cap)."""
     cfg = config_mod.with_section(cfg, "pipeline", order=prefix)
     for letter, section in _SECTIONS.items():
         if letter not in prefix:
-            cfg = dataclasses.replace(cfg, **{section: type(getattr(cfg, section))()})
+            neutral = type(getattr(cfg, section))(**_UNRUN_SECTION_KEY.get(section, {}))
+            cfg = dataclasses.replace(cfg, **{section: neutral})
     if "Q" not in prefix[:-1]:
         cfg = config_mod.with_section(cfg, "pipeline", qat_lr_after_q=True)
     return config_mod.config_hash(cfg, length=16)
