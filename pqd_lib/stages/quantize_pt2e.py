@@ -97,6 +97,7 @@ API: tuple[tuple[str, str], ...] = (
     ("torchao.quantization.pt2e", "FusedMovingAvgObsFakeQuantize"),
     ("torchao.quantization.pt2e", "MovingAverageMinMaxObserver"),
     ("torchao.quantization.pt2e", "MovingAveragePerChannelMinMaxObserver"),
+    ("torchao.quantization.pt2e", "PerChannelMinMaxObserver"),  # pqd_lib.controls.weight_quant_error
     ("torchao.quantization.pt2e", "disable_observer"),
     ("torchao.quantization.pt2e", "enable_observer"),
     ("torchao.quantization.pt2e", "move_exported_model_to_eval"),
