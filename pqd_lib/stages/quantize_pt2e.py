@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -245,6 +247,7 @@ def prepare_qat(model: nn.Module, *, reduce_range: bool,
     Raises:
         ValueError: `model` is already fake-quantized or converted, or cannot be exported.
     """
+    register_int8_ops()  # the first torchao import of a PT2E flow, with its known import notice silenced
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
@@ -598,12 +601,27 @@ def save_program(model: torch.fx.GraphModule, path: Any, *, input_shape: tuple[i
     return Path(path)
 
 
+class _TorchaoImportNotice(logging.Filter):
+    """torchao 0.18 registers an Enum (``KernelPreference``) as a pytree constant on import, which torch
+    2.14 logs as a deprecated registration (a ``W...`` line with a time and a process id in every notebook
+    output). It is torchao's own call, not one pqd makes; only that line is dropped, only during the import."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is an Enum subclass and is now natively supported by torch.compile" not in record.getMessage()
+
+
 def register_int8_ops() -> None:
     """Register the ``quantized_decomposed`` operators an INT8 program calls (quantize/dequantize per
     tensor/channel): torchao's PT2E modules register them on import. A fresh process must do this
     before ``torch.export.load`` of a converted graph, or loading fails on an unknown operator
     (measured: the latency worker's ``RuntimeError``)."""
-    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the operators)
+    notice = _TorchaoImportNotice()
+    logger = logging.getLogger("torch.utils._pytree")
+    logger.addFilter(notice)
+    try:
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the operators)
+    finally:
+        logger.removeFilter(notice)
 
 
 def load_with_settings(path: Any) -> tuple[Any, dict[str, Any]]:
@@ -612,7 +630,11 @@ def load_with_settings(path: Any) -> tuple[Any, dict[str, Any]]:
 
     register_int8_ops()
     extra = {SETTINGS_FILE: ""}
-    program = torch.export.load(path, extra_files=extra)
+    with warnings.catch_warnings():
+        # torch.export's archive reader warns for every program whose weights it reassembles (CPU weights
+        # here, where its "not on CPU" caveat cannot apply): the same line under every load.
+        warnings.filterwarnings("ignore", message=r"No complete tensor found in the group", category=UserWarning)
+        program = torch.export.load(path, extra_files=extra)
     return program, json.loads(extra[SETTINGS_FILE] or "{}")
 
 
