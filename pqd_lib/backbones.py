@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["BACKBONES", "NARROWEST_LAYER", "scale_channels", "check_width"]
+__all__ = ["BACKBONES", "NARROWEST_LAYER", "STRIDED_POINTWISE_INPUTS", "ONEDNN_SAFE_INPUT_CHANNELS",
+           "scale_channels", "check_width", "check_channels_last"]
 
 #: Every backbone of the paper (Zhou & Shen 2026), by registry name.
 BACKBONES: tuple[str, ...] = ("resnet18", "wrn28_10", "vgg16_bn")
@@ -16,6 +17,19 @@ BACKBONES: tuple[str, ...] = ("resnet18", "wrn28_10", "vgg16_bn")
 #: Channels of each backbone's narrowest layer at width 1.0: ResNet-18's and VGG-16-BN's first
 #: convolutions (64), WRN-28-10's 16-channel stem. The width check scales these.
 NARROWEST_LAYER: dict[str, int] = {"resnet18": 64, "wrn28_10": 16, "vgg16_bn": 64}
+
+#: Input channels at width 1.0 of each backbone's 1x1 convolutions with stride 2 (the downsampling
+#: shortcuts; VGG-16-BN has none). :func:`check_channels_last` scales these;
+#: ``tests/test_config.py`` checks the table against the built models.
+STRIDED_POINTWISE_INPUTS: dict[str, tuple[int, ...]] = {
+    "resnet18": (64, 128, 256), "wrn28_10": (160, 320), "vgg16_bn": ()}
+
+#: oneDNN's 1x1 weight-gradient kernel for NHWC input and stride > 1 is wrong when the input has
+#: fewer channels than its channel block: 8 on AVX2, 16 on AVX-512 (oneDNN issue #6035, open). On
+#: the AVX2-only EPYC of our records, torch 2.14.1 crashes for 2-7 input channels (segfault, double
+#: free, or a hang at 2 threads) and matches NCHW to 1e-6 from 8 on; the report's AVX-512 machine
+#: returns wrong gradients silently below 16. 16 covers both.
+ONEDNN_SAFE_INPUT_CHANNELS = 16
 
 
 def scale_channels(channels: int, width: float) -> int:
@@ -45,3 +59,20 @@ def check_width(name: str, width: float) -> None:
         smallest = 0.5 / narrowest
         raise ValueError(f"model.width: {width!r} rounds {name}'s {narrowest}-channel layer to 0 channels; "
                          f"allowed for {name}: >= {smallest:g} (1 channel at least)")
+
+
+def check_channels_last(name: str, width: float) -> None:
+    """Raise ValueError (one line) when channels_last training of backbone `name` at `width` hits oneDNN #6035.
+
+    The CPU kernel behind the weight gradient of a stride-2 1x1 convolution in NHWC layout crashes
+    or returns wrong values when that convolution has fewer than
+    :data:`ONEDNN_SAFE_INPUT_CHANNELS` inputs (ResNet-18 below width 0.25, WRN-28-10 below 0.1).
+    NCHW layout is unaffected, so the fix offered is ``train.channels_last=false``.
+    """
+    narrow = [c for c in STRIDED_POINTWISE_INPUTS[name] if scale_channels(c, width) < ONEDNN_SAFE_INPUT_CHANNELS]
+    if narrow:
+        got = scale_channels(narrow[0], width)
+        smallest = ONEDNN_SAFE_INPUT_CHANNELS / narrow[0]
+        raise ValueError(f"model.width: {width!r} gives {name} a stride-2 1x1 convolution with {got} input channels, "
+                         f"whose channels_last weight gradient oneDNN computes wrong or crashes on (oneDNN issue "
+                         f"#6035); set train.channels_last=false, or model.width >= {smallest:g}")

@@ -34,7 +34,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from .backbones import BACKBONES, check_width
+from .backbones import BACKBONES, check_channels_last, check_width
 
 __all__ = [
     "ConfigError",
@@ -373,6 +373,14 @@ class RunConfig(_Section, section=''):
         """The resolved cache directory."""
         return cache_root(self.cache_dir)
 
+    def _check(self) -> None:
+        # CUDA trains with cuDNN, which oneDNN's NHWC bug (backbones.check_channels_last) does not reach.
+        if self.train.channels_last and self.train.device != "cuda":
+            try:
+                check_channels_last(self.model.name, self.model.width)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
 
 # ---------------------------------------------------------------------------
 # Presets: how much is computed. Sizes are justified in README ("Presets").
@@ -383,7 +391,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"width": 0.125},
         "data": {"train_subset": 500, "test_subset": 200},
         # One thread: tests and nbval run beside other work, where 2-thread OpenMP contends badly.
-        "train": {"epochs": 1, "batch_size": 64, "eval_batch_size": 200, "threads": 1},
+        # NCHW: at width 0.125 ResNet-18's first downsampling shortcut has 8 inputs, below the
+        # 16 at which oneDNN's NHWC weight gradient is right on AVX-512 (backbones.check_channels_last).
+        "train": {"epochs": 1, "batch_size": 64, "eval_batch_size": 200, "threads": 1, "channels_last": False},
         "prune": {"ramp_updates": 2},
         "pipeline": {"epochs": (1, 1, 1)},
         "measure": {
@@ -654,9 +664,11 @@ def load(path: str | os.PathLike | None = None, preset: str | None = None, **ove
     for name in file_presets:
         _check_preset(name)
     # Every layer is checked on its own, so a bad value is refused even where a later layer
-    # (a preset, an override) would replace it: the file names what it means to run.
+    # (a preset, an override) would replace it: the file names what it means to run. A file's
+    # preset section is checked as it resolves (file, then pqd's preset, then the section).
     where = f"{path}: " if path is not None else ""
-    for label, layer in (("", data), *((f"presets.{n}: ", _merge(data, b or {})) for n, b in file_presets.items())):
+    for label, layer in (("", data), *((f"presets.{n}: ", _merge(_merge(data, PRESETS[n]), b or {}))
+                                       for n, b in file_presets.items())):
         try:
             from_dict(layer)
         except ConfigError as exc:

@@ -36,6 +36,7 @@ from . import config as config_mod
 from . import data as data_mod
 from . import models
 from ._atomic import atomic_path
+from .backbones import ONEDNN_SAFE_INPUT_CHANNELS
 from .data import Augmentation
 from .config import RunConfig
 
@@ -326,6 +327,21 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *,
 # ---------------------------------------------------------------------------
 # fit
 # ---------------------------------------------------------------------------
+def _refuse_nhwc_kernel_bug(model: nn.Module) -> None:
+    """Raise ValueError (one line) if `model` has a convolution whose NHWC weight gradient oneDNN gets wrong on CPU.
+
+    The config refuses pqd's backbones at such widths before anything runs
+    (:func:`pqd_lib.backbones.check_channels_last`); this catches a user's own CNN, given to
+    :func:`pqd_lib.pipeline.compress`, before its first training step instead of in a crash.
+    """
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                and m.in_channels < ONEDNN_SAFE_INPUT_CHANNELS):
+            raise ValueError(f"{name or 'model'}: a stride-{m.stride[0]} 1x1 convolution with {m.in_channels} input "
+                             f"channels, whose channels_last weight gradient oneDNN computes wrong or crashes on "
+                             f"(oneDNN issue #6035); set train.channels_last=false")
+
+
 def fit(model: nn.Module, data: data_mod.DataSplits, cfg: RunConfig, *, epochs: int, lr: float,
         momentum: float, weight_decay: float, loss_fn: LossFn | None = None,
         after_step: Sequence[Callable[[], None]] = (),
@@ -350,6 +366,8 @@ def fit(model: nn.Module, data: data_mod.DataSplits, cfg: RunConfig, *, epochs: 
     bf16 = t.bf16 if bf16 is None else bf16
     model.to(device)
     if t.channels_last:
+        if device.type == "cpu":
+            _refuse_nhwc_kernel_bug(model)
         model.to(memory_format=torch.channels_last)
     loss_fn = loss_fn or cross_entropy(t.label_smoothing)
     optimizer = make_optimizer(model, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=t.nesterov)

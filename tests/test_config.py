@@ -192,6 +192,37 @@ def test_a_zero_channel_width_is_one_line_from_the_command_line_before_any_train
     assert len(err.splitlines()) == 1 and "model.width: 0.03" in err and ">= 0.03125" in err
 
 
+def test_a_width_that_puts_a_strided_1x1_conv_below_onednns_channel_block_refuses_channels_last(capsys):
+    # oneDNN #6035: NHWC weight gradients of stride-2 1x1 convs with < 16 inputs crash (AVX2) or are wrong
+    # (AVX-512). The config refuses the combination with the fix in one line; NCHW and CUDA stay allowed.
+    from pqd_lib import cli
+
+    assert cli.main(["train", "--preset", "mini", "--set", "model.width=0.125"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "8 input channels" in err and "train.channels_last=false" in err
+    mini = C.preset("mini")
+    for width, ok in ((0.125, False), (0.25, True)):
+        assert (C.apply_overrides(mini, {"model.width": width}).model.width == width) if ok else True
+    assert C.apply_overrides(mini, {"model.width": 0.0625, "train.channels_last": False}).train.channels_last is False
+    assert C.apply_overrides(mini, {"model.width": 0.0625, "train.device": "cuda"}).model.width == 0.0625
+    with pytest.raises(C.ConfigError, match="wrn28_10 a stride-2 1x1 convolution with 8 input"):
+        C.apply_overrides(mini, {"model.name": "wrn28_10", "model.width": 0.05})
+    assert C.preset("smoke").train.channels_last is False  # smoke's 0.125 trains NCHW
+
+
+@pytest.mark.parametrize("name", ["resnet18", "wrn28_10", "vgg16_bn"])
+def test_the_strided_pointwise_table_matches_the_built_models(name):
+    import torch
+
+    from pqd_lib import backbones, models
+
+    with torch.device("meta"):
+        model = models.build(name, 10, width=1.0)
+    found = tuple(m.in_channels for m in model.modules()
+                  if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1))
+    assert found == backbones.STRIDED_POINTWISE_INPUTS[name]
+
+
 @pytest.mark.parametrize("engine", ["x86", "fbgemm", "onednn"])
 def test_the_narrowest_accepted_width_still_runs_in_int8(engine):
     # No x86 INT8 kernel has a minimum channel count (pqd_lib.backbones.check_width): the narrowest

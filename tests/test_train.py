@@ -117,6 +117,21 @@ def test_evaluate_counts_every_test_image(tiny, smoke_cfg):
     assert res["images"] == 100 and 0 <= res["top1"] <= res["top5"] <= 100
 
 
+def test_channels_last_training_refuses_a_users_cnn_that_oneDNN_gets_wrong_and_trains_it_nchw(tiny, smoke_cfg):
+    # oneDNN #6035 (pqd_lib.backbones.ONEDNN_SAFE_INPUT_CHANNELS): a stride-2 1x1 conv with 4 inputs would
+    # crash (AVX2) or get a wrong weight gradient (AVX-512) in NHWC; fit refuses before the first step.
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 8, 1, stride=2),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    nhwc = C.apply_overrides(smoke_cfg, {"train.channels_last": True, "model.width": 0.25})
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^2: a stride-2 1x1 convolution with 4 input channels.*channels_last=false"):
+        train.fit(cnn, tiny, nhwc, epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0)
+    assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())  # refused before any step
+    hist = train.fit(cnn, tiny, smoke_cfg, epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0)  # smoke: NCHW
+    assert len(hist) == 1 and hist[0]["loss"] == hist[0]["loss"]
+
+
 def test_cuda_request_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the error path is for machines without it")
