@@ -52,9 +52,10 @@ def weight_quant_error(model: nn.Module, *, names: list[str] | None = None) -> d
 
     Q is the QAT recipe's weight quantizer (both engines: :func:`pqd_lib.stages.quantize_pt2e.quantization_config`,
     :func:`pqd_lib.stages.quantize.qconfig_mapping`): per-channel symmetric int8, scale from the channel's
-    min/max (torchao's observer; torch.ao's gives the same scales and zero points, checked on torch 2.14.1). Measured on the weights as they
-    stand (before BN folding), which is what pruning changes. Returns ``{"quant_error": sum,
-    "quant_error_per_weight": sum / weights}`` (the mean squared error per weight).
+    min/max (torchao's observer; torch.ao's gives the same scales and zero points, checked on torch
+    2.14.1). Measured on the weights as they stand (before BN folding), which is what pruning changes.
+    Returns ``{"quant_error": sum, "quant_error_per_weight": sum / weights}`` (the mean squared error
+    per weight).
     """
     from torchao.quantization.pt2e import PerChannelMinMaxObserver
 

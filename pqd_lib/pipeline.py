@@ -14,8 +14,8 @@ after Q every stage trains the fake-quant model (a P after Q prunes its float we
 Q's learning rate (``pipeline.qat_lr_after_q``) and evaluates with observers paused; D reads the
 frozen teacher. At the end the model takes its deploy form: a real INT8 model
 (:func:`~pqd_lib.stages.quantize.convert`: PT2E's INT8 graph by default, FX's converted model with
-``quantize.engine=fx``) when Q ran, else FP32 -- sparse when P ran, with the mask buffers folded away so its state dict
-loads into a freshly built network.
+``quantize.engine=fx``) when Q ran, else FP32 -- sparse when P ran, with the mask buffers folded away
+so its state dict loads into a freshly built network.
 
 Every stage appends one record (a flat dict, plus the stage's training history): order, stage,
 position, epochs, test top-1 after the stage, achieved sparsity, wall time. The last record adds
