@@ -4,6 +4,7 @@
     python benchmarks/latency.py --quick    # 5 short rounds: a smoke test, not a result
     python benchmarks/latency.py --batch32  # also batch 32 (~3-4 more minutes)
     python benchmarks/latency.py --sweep    # also the sparsity sweep (dense vs CSR kernels; ~3 more minutes)
+    python benchmarks/latency.py --engine fx  # PyTorch INT8 from the FX reference path instead of PT2E
 
 Every figure comes from the rounds protocol of ``pqd_lib.measure.rounds`` (its docstring states it):
 one fresh, kept-alive process per model, pinned to one core for 1-thread runs, with the thread
@@ -19,7 +20,10 @@ activation ranges are calibrated on real CIFAR-10 images (the embedded subset).
 
 Models: FP32 eager (the reference), three *identical* FP32 architectures (dense, 50 % and 90 %
 zeros, all run by dense kernels: the same work, so their spread is the protocol's own noise), the
-PyTorch INT8 model (FX QAT-prepared then converted), and the ONNX files: FP32, ONNX Runtime's own
+PyTorch INT8 model of the Q engine (``--engine``, default the config's ``quantize.engine``, PT2E: its
+converted ``torch.export`` program under ``torch.compile``, its deploy runtime -- eager it would run its
+INT8 arithmetic in FP32; ``fx``: the FX reference path's converted model on torch eager, quantized x86
+kernels), and the ONNX files: FP32, ONNX Runtime's own
 post-training static INT8 (QDQ, per-channel, U8S8) and pqd's QAT model exported as QDQ, each on ONNX
 Runtime and (with the ``openvino`` extra) on OpenVINO.
 
@@ -52,6 +56,7 @@ from pqd_lib.deploy import save_artifact  # noqa: E402
 from pqd_lib import hardware  # noqa: E402
 from pqd_lib.measure import onnx_runtime, openvino_runtime, rounds  # noqa: E402
 from pqd_lib.measure.rounds import Candidate  # noqa: E402
+from pqd_lib.measure.runtimes import default_runtime  # noqa: E402
 from pqd_lib.models import build  # noqa: E402
 from pqd_lib.stages import prune as prune_stage  # noqa: E402
 from pqd_lib.stages import quantize as quantize_stage  # noqa: E402
@@ -60,7 +65,8 @@ ARCH = {"name": "resnet18", "num_classes": 10, "width": 1.0}
 SWEEP = (0.0, 0.5, 0.7, 0.9, 0.95, 0.98)
 REFERENCE = "FP32 eager (reference)"
 IDENTICAL = ("FP32 identical, dense", "FP32 identical, 50% zeros", "FP32 identical, 90% zeros")
-PQD_INT8 = ("PyTorch INT8 (FX)", "ORT INT8 (pqd QAT)", "OpenVINO INT8 (pqd QAT)")
+# The PyTorch INT8 row's runtime column says how it ran (torch-compile for PT2E, torch-eager for FX).
+PQD_INT8 = ("PyTorch INT8", "ORT INT8 (pqd QAT)", "OpenVINO INT8 (pqd QAT)")
 PEER_INT8 = ("ORT INT8 (static PTQ)", "OpenVINO INT8 (static PTQ)")
 
 
@@ -91,9 +97,9 @@ def pruned(model: torch.nn.Module, sparsity: float) -> torch.nn.Module:
     return out.eval()
 
 
-def qat_prepared(model: torch.nn.Module, images: torch.Tensor, reduce_range: bool) -> torch.nn.Module:
-    """The FX QAT-prepared model with observers calibrated on `images`, then frozen (as after stage Q)."""
-    prepared = quantize_stage.prepare_qat(model, reduce_range=reduce_range)
+def qat_prepared(model: torch.nn.Module, images: torch.Tensor, reduce_range: bool, engine: str) -> torch.nn.Module:
+    """The QAT-prepared model of `engine` with observers calibrated on `images`, then frozen (as after stage Q)."""
+    prepared = quantize_stage.prepare_qat(model, reduce_range=reduce_range, engine=engine)
     with torch.no_grad():
         for i in range(0, len(images), 64):
             prepared(images[i:i + 64])  # train mode: observers and BN statistics see real images
@@ -102,13 +108,14 @@ def qat_prepared(model: torch.nn.Module, images: torch.Tensor, reduce_range: boo
     return prepared.eval()
 
 
-def artifacts(dense: torch.nn.Module, images: torch.Tensor, work: Path, with_openvino: bool) -> tuple[list, Candidate]:
-    """Every deploy form as a saved artifact: (candidates, reference)."""
+def artifacts(dense: torch.nn.Module, images: torch.Tensor, work: Path, with_openvino: bool,
+              engine: str) -> tuple[list, Candidate]:
+    """Every deploy form as a saved artifact: (candidates, reference); the PyTorch INT8 one from `engine`."""
     reduce_range = C.QuantizeConfig().reduce_range  # the library default, recorded in the INT8 artifact
     paths = {REFERENCE: save_artifact(dense, work / "fp32.pt", arch=ARCH)}
     for label, s in zip(IDENTICAL, (0.0, 0.5, 0.9)):
         paths[label] = save_artifact(pruned(dense, s), work / f"fp32_s{int(s * 100)}.pt", arch=ARCH)
-    prepared = qat_prepared(dense, images, reduce_range)
+    prepared = qat_prepared(dense, images, reduce_range, engine)
     paths[PQD_INT8[0]] = save_artifact(quantize_stage.convert(prepared), work / "int8.pt", arch=ARCH,
                                        reduce_range=reduce_range)
     t = time.time()
@@ -116,7 +123,8 @@ def artifacts(dense: torch.nn.Module, images: torch.Tensor, work: Path, with_ope
     ptq = onnx_runtime.quantize_static_onnx(fp32_onnx, work / "ort_int8.onnx", images)
     qat = onnx_runtime.export_qat_onnx(prepared, work / "qat.onnx")
     print(f"(artifacts written; ONNX export + ONNX Runtime quantization took {time.time() - t:.0f} s)")
-    cands = [Candidate(label, paths[label]) for label in (*IDENTICAL, PQD_INT8[0])]
+    cands = [Candidate(label, paths[label]) for label in IDENTICAL]
+    cands.append(Candidate(PQD_INT8[0], paths[PQD_INT8[0]], default_runtime(paths[PQD_INT8[0]]), fields={"engine": engine}))
     cands += [Candidate("ORT FP32", fp32_onnx, "onnxruntime"), Candidate(PEER_INT8[0], ptq, "onnxruntime"),
               Candidate(PQD_INT8[1], qat, "onnxruntime")]
     if with_openvino:
@@ -147,6 +155,9 @@ def main() -> int:
                         help="also append every latency record to this pqd results store")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for the 1-minute load average to drop below 0.5")
+    parser.add_argument("--engine", choices=["pt2e", "fx"], default=C.QuantizeConfig().engine,
+                        help="the Q engine of the PyTorch INT8 model (default: the config's, %(default)s; "
+                             "fx = the deprecated reference path)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     deadline = time.time() + args.wait_quiet
@@ -167,7 +178,8 @@ def main() -> int:
           f"(re-runs <= {b1.max_reruns}), warm-up {b1.warmup} calls, reference = {REFERENCE}")
     torch.manual_seed(0)
     images, source = real_images(256)
-    print(f"model: ResNet-18 CIFAR (width 1.0, 10 classes, random weights); calibration: {source}\n")
+    print(f"model: ResNet-18 CIFAR (width 1.0, 10 classes, random weights); calibration: {source}; "
+          f"Q engine: {args.engine}\n")
 
     dense = build(**ARCH).eval()
     with torch.no_grad():  # BN running statistics of real images, so activations have realistic ranges
@@ -178,10 +190,10 @@ def main() -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="pqd-bench-") as work:
         work = Path(work)
-        cands, ref = artifacts(dense, images, work, with_openvino)
+        cands, ref = artifacts(dense, images, work, with_openvino, args.engine)
         rows += rounds.compare(cands, ref, b1, log=lambda s: print("  " + s))
         if args.batch32:
-            keep = {"PyTorch INT8 (FX)", "ORT FP32", *PEER_INT8, *PQD_INT8}
+            keep = {"ORT FP32", *PEER_INT8, *PQD_INT8}
             rows += rounds.compare([c for c in cands if c.label in keep], ref, protocol(args.quick, threads, 32),
                                    log=lambda s: print("  " + s))
         print("\n## Deploy forms (rel = latency / FP32 eager of the same round, median over rounds)")
@@ -191,7 +203,7 @@ def main() -> int:
             print(fmt(r))
         print()
         if args.sweep:
-            rows += sparsity_sweep(dense, images, work, protocol(args.quick, threads, 1))
+            rows += sparsity_sweep(dense, images, work, protocol(args.quick, threads, 1), args.engine)
 
     def rel(label: str, n: int = 1, batch: int = 1) -> float:
         for r in rows:
@@ -228,20 +240,21 @@ def main() -> int:
     return 0
 
 
-def sparsity_sweep(dense, images, work: Path, cfg) -> list[dict]:
-    """Latency vs sparsity at batch 1: dense FP32 kernels, CSR sparse kernels, dense INT8 kernels, in one comparison."""
+def sparsity_sweep(dense, images, work: Path, cfg, engine: str) -> list[dict]:
+    """Latency vs sparsity at batch 1: dense FP32 kernels, CSR sparse kernels, dense INT8 kernels (of `engine`'s
+    INT8 model, on its deploy runtime), in one comparison."""
     print("## Sparsity sweep (batch 1; global magnitude pruning of all but the first conv and the classifier)")
     reduce_range = C.QuantizeConfig().reduce_range
     cands = []
     for s in SWEEP:
         model = pruned(dense, s)
         path = save_artifact(model, work / f"sweep_{int(s * 100)}.pt", arch=ARCH)
-        int8 = save_artifact(quantize_stage.convert(qat_prepared(model, images[:64], reduce_range)),
+        int8 = save_artifact(quantize_stage.convert(qat_prepared(model, images[:64], reduce_range, engine)),
                              work / f"sweep_int8_{int(s * 100)}.pt", arch=ARCH, reduce_range=reduce_range)
         fields = {"sparsity_target": s}
         cands += [Candidate(f"{s:.0%} FP32 dense kernels", path, fields=fields),
                   Candidate(f"{s:.0%} FP32 CSR kernels", path, "torch-sparse-csr", fields=fields),
-                  Candidate(f"{s:.0%} INT8 dense kernels", int8, fields=fields)]
+                  Candidate(f"{s:.0%} INT8 dense kernels", int8, default_runtime(int8), fields={**fields, "engine": engine})]
     ref = Candidate(REFERENCE, work / "fp32.pt")
     rows = rounds.compare(cands, ref, cfg, log=lambda s: print("  " + s))
     threads = list(cfg.threads)

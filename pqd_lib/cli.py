@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_grid.add_argument("--runs-dir", default="reports/runs", help="where each seed's lock and done marker live")
     p_grid.add_argument("--cache-dir", help="checkpoints and decoded data (default $PQD_CACHE or ~/.cache/pqd)")
     p_grid.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set quantize.engine=pt2e (repeatable; the run id follows the "
+                        help="override a config field, e.g. --set quantize.engine=fx (repeatable; the run id follows the "
                              "config hash, so notebooks run by pqd batch without it name another run)")
     p_grid.add_argument("--latency", action="store_true",
                         help="the separate latency phase: replay each trained seed from the cache and time its "

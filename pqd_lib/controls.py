@@ -50,12 +50,14 @@ def ce_control(model: nn.Module, cfg: RunConfig, data: data_mod.DataSplits, *, t
 def weight_quant_error(model: nn.Module, *, names: list[str] | None = None) -> dict[str, float]:
     """``||W - Q(W)||²`` summed over the prunable conv/linear weights of an FP32 model (masks applied).
 
-    Q is the QAT recipe's weight quantizer (:func:`pqd_lib.stages.quantize.qconfig_mapping`):
-    per-channel symmetric qint8, scale from the channel's min/max. Measured on the weights as they
-    stand (before BN folding), which is what pruning changes. Returns ``{"quant_error": sum,
-    "quant_error_per_weight": sum / weights}`` (the mean squared error per weight).
+    Q is the QAT recipe's weight quantizer (both engines: :func:`pqd_lib.stages.quantize_pt2e.quantization_config`,
+    :func:`pqd_lib.stages.quantize.qconfig_mapping`): per-channel symmetric int8, scale from the channel's
+    min/max (torchao's observer; torch.ao's gives the same scales and zero points, checked on torch
+    2.14.1). Measured on the weights as they stand (before BN folding), which is what pruning changes.
+    Returns ``{"quant_error": sum, "quant_error_per_weight": sum / weights}`` (the mean squared error
+    per weight).
     """
-    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+    from torchao.quantization.pt2e import PerChannelMinMaxObserver
 
     layers = prune_stage.prunable_layers(model)
     names = list(layers) if names is None else names

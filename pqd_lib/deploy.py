@@ -7,7 +7,7 @@ from the file. The module is rebuilt instead:
 
 * FP32: ``models.build(**arch)`` (or the caller's `build_fn`), then ``load_state_dict``; pruning
   masks were folded into the weights before saving, so the zeros are in the weights themselves.
-* INT8: the same FP32 architecture is put through the same FX prepare/convert as stage Q
+* INT8 of the FX reference engine: the same FP32 architecture is put through the same FX prepare/convert as stage Q
   (:func:`pqd_lib.stages.quantize.int8_skeleton`, same backend and activation range), which gives
   a converted module of identical structure, and the INT8 state dict (quantized weights, scales,
   zero points, the input quantizer's scale) is loaded into it.

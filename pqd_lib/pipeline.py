@@ -12,9 +12,10 @@ State that outlives a stage travels in a :class:`~pqd_lib.stages.StageContext`: 
 re-applied after every optimiser step of every later stage and carried across Q's QAT prepare;
 after Q every stage trains the fake-quant model (a P after Q prunes its float weights) at most at
 Q's learning rate (``pipeline.qat_lr_after_q``) and evaluates with observers paused; D reads the
-frozen teacher. At the end the model takes its deploy form: a real INT8 model (``convert_fx``)
-when Q ran, else FP32 -- sparse when P ran, with the mask buffers folded away so its state dict
-loads into a freshly built network.
+frozen teacher. At the end the model takes its deploy form: a real INT8 model
+(:func:`~pqd_lib.stages.quantize.convert`: PT2E's INT8 graph by default, FX's converted model with
+``quantize.engine=fx``) when Q ran, else FP32 -- sparse when P ran, with the mask buffers folded away
+so its state dict loads into a freshly built network.
 
 Every stage appends one record (a flat dict, plus the stage's training history): order, stage,
 position, epochs, test top-1 after the stage, achieved sparsity, wall time. The last record adds
@@ -202,15 +203,22 @@ def _split_digest(data: data_mod.DataSplits) -> str:
 #: The config section of each stage's own settings.
 _SECTIONS = {"P": "prune", "Q": "quantize", "D": "distill"}
 
+#: Fields of a stage's section that enter a cache key, for a prefix that does not run the stage, at the
+#: value they had when the cache was written rather than at today's default: quantize.engine's default
+#: became "pt2e" after the stage cache held P and D prefixes keyed with the old default "fx" (the
+#: standard grid's among them), and those prefixes do not depend on the engine at all.
+_UNRUN_SECTION_KEY = {"quantize": {"engine": "fx"}}
+
 
 def _prefix_hash(cfg: RunConfig, prefix: str) -> str:
     """The hash of the settings the stages of `prefix` depend on: `cfg` with the order cut to `prefix`,
-    without the sections of stages it does not run, and without ``qat_lr_after_q`` unless a stage runs
-    after Q (only then is there a rate to cap)."""
+    the sections of stages it does not run at a fixed neutral value (their defaults, `_UNRUN_SECTION_KEY`
+    on top), and without ``qat_lr_after_q`` unless a stage runs after Q (only then is there a rate to cap)."""
     cfg = config_mod.with_section(cfg, "pipeline", order=prefix)
     for letter, section in _SECTIONS.items():
         if letter not in prefix:
-            cfg = dataclasses.replace(cfg, **{section: type(getattr(cfg, section))()})
+            neutral = type(getattr(cfg, section))(**_UNRUN_SECTION_KEY.get(section, {}))
+            cfg = dataclasses.replace(cfg, **{section: neutral})
     if "Q" not in prefix[:-1]:
         cfg = config_mod.with_section(cfg, "pipeline", qat_lr_after_q=True)
     return config_mod.config_hash(cfg, length=16)
@@ -400,9 +408,10 @@ def compress(model: nn.Module, data: data_mod.DataSplits, order: str = "PQD", te
 
     Args:
         model: the trained FP32 network to start from (left unchanged). When Q is in the order it
-            must trace with ``torch.fx`` (engine ``fx``: conv-BN-ReLU as modules in fusable order,
-            residual additions through ``FloatFunctional``) or export with ``torch.export`` (engine
-            ``pt2e``: plain ``+`` and functional ReLU are fine; no data-dependent Python control flow).
+            must export with ``torch.export`` (the default engine, ``pt2e``: plain ``+`` and functional
+            ReLU are fine; no data-dependent Python control flow), or, with ``quantize.engine=fx``
+            (the deprecated reference path), trace with ``torch.fx`` (conv-BN-ReLU as modules in
+            fusable order, residual additions through ``FloatFunctional``).
         data: a :class:`~pqd_lib.data.DataSplits` (e.g. ``data.load(...)`` or ``DataSplits.from_tensors``).
         order: letters P (prune), Q (quantize), D (distill), each at most once, run left to right.
         teacher: the FP32 teacher for D. None with D in the order: ``config.distill.teacher`` if set,
@@ -413,7 +422,9 @@ def compress(model: nn.Module, data: data_mod.DataSplits, order: str = "PQD", te
 
     Returns:
         The deploy form (real INT8 when Q ran, else FP32, sparse when P ran; CPU, eval mode) and one
-        record per stage (the last with the deploy accuracy).
+        record per stage (the last with the deploy accuracy). A PT2E INT8 graph runs its INT8
+        arithmetic in FP32 when called eagerly (a correct reference): for speed compile it
+        (:func:`pqd_lib.stages.quantize.compile_for_cpu`) or export it to ONNX.
 
     Raises:
         ConfigError: a bad `order` (unknown or repeated letter, empty) -- before anything runs.

@@ -88,9 +88,9 @@ def badge_cell_source(addr: str, notebook: str) -> str:
             "subset.\n\n"
             "**GPU and CPU.** Training (the FP32 baseline and every stage, fake-quantized QAT included) uses a GPU "
             "whenever PyTorch sees one (`train.device = \"auto\"`). The real INT8 models, their accuracy and "
-            "**every latency are computed on the CPU**, with or without a GPU: PyTorch's INT8 kernels (fbgemm / "
-            "x86, which `convert_fx` targets) exist only for CPUs, and the paper's latency claim is a claim about "
-            "CPU inference.")
+            "**every latency are computed on the CPU**, with or without a GPU: PyTorch's INT8 kernels (x86: oneDNN's, "
+            "which the PT2E INT8 graph reaches through `torch.compile`, and fbgemm's for the FX reference path) exist "
+            "only for CPUs, and the paper's latency claim is a claim about CPU inference.")
 
 
 def setup_cell_source(addr: str, notebook: str) -> str:

@@ -227,6 +227,8 @@ def test_the_strided_pointwise_table_matches_the_built_models(name):
 def test_the_narrowest_accepted_width_still_runs_in_int8(engine):
     # No x86 INT8 kernel has a minimum channel count (pqd_lib.backbones.check_width): the narrowest
     # width the config accepts, a 1-channel stem conv, goes through QAT, convert and an INT8 forward.
+    # FX (the reference engine): its eager INT8 model runs the quantized kernels of each backend; PT2E
+    # targets x86 only and runs its INT8 arithmetic in FP32 until compiled.
     import torch
 
     from pqd_lib import models
@@ -237,7 +239,7 @@ def test_the_narrowest_accepted_width_still_runs_in_int8(engine):
     torch.manual_seed(0)
     model = models.build("wrn28_10", 10, width=1 / 32)
     assert model.conv1.out_channels == 1
-    prepared = quantize.prepare_qat(model, backend=engine, reduce_range=True)
+    prepared = quantize.prepare_qat(model, backend=engine, reduce_range=True, engine="fx")
     prepared(torch.randn(8, 3, 32, 32))  # observers see data
     int8 = quantize.convert(prepared.eval(), backend=engine)
     assert quantize.is_int8(int8)

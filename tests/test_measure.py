@@ -14,6 +14,12 @@ before torch is imported. pqd's own VNNI check (``torch.cpu.get_capabilities``) 
 so under them a full-range model is not refused: that job checks the 7-bit default only. ONNX
 Runtime's MLAS kernels and OpenVINO document no such limit. Not verified here: the project's
 machines at hand have no VNNI.
+
+The INT8 models here come from the FX reference engine (``engine="fx"``): its converted model runs
+quantized x86 kernels eagerly, so the latency protocol's tests time it in milliseconds, where the
+default engine's PT2E graph would be compiled (tens of seconds) in every worker. What differs for
+PT2E -- its program artifact, compiled runtime, ONNX export and weight reader -- is tested in
+tests/test_quant_pt2e.py.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def tiny_qat_int8():
 
     torch.manual_seed(0)
     model = build(**ARCH)
-    prepared = Q.prepare_qat(model)
+    prepared = Q.prepare_qat(model, engine="fx")
     with torch.no_grad():
         for _ in range(3):
             prepared(torch.randn(16, 3, 32, 32))
@@ -424,7 +430,7 @@ def test_qat_onnx_clamps_7bit_activations_like_fake_quant_and_keeps_integer_kern
     from pqd_lib.stages import quantize as Q
 
     torch.manual_seed(0)
-    prepared = Q.prepare_qat(build(**ARCH), reduce_range=True)
+    prepared = Q.prepare_qat(build(**ARCH), reduce_range=True, engine="fx")
     with torch.no_grad():
         prepared(0.5 * torch.randn(32, 3, 32, 32))
     Q.freeze_observers(prepared)
@@ -596,7 +602,7 @@ def tiny_artifacts(tmp_path_factory):
     work = tmp_path_factory.mktemp("rounds")
     torch.manual_seed(0)
     paths = {f"fp32-{i}": save_artifact(build(**ARCH).eval(), work / f"fp32-{i}.pt", arch=ARCH) for i in range(3)}
-    prepared = Q.prepare_qat(build(**ARCH), reduce_range=True)
+    prepared = Q.prepare_qat(build(**ARCH), reduce_range=True, engine="fx")
     with torch.no_grad():
         prepared(torch.randn(8, 3, 32, 32))
     paths["int8"] = save_artifact(Q.convert(prepared.eval()), work / "int8.pt", arch=ARCH, reduce_range=True)

@@ -1,6 +1,9 @@
 """The ordered pipeline: every order of P, Q, D ends in the deploy form its letters imply; bad input
 fails in one line before anything is written; compress works on a user's CNN; deploy files reload
-to identical outputs, also in a fresh process."""
+to identical outputs, also in a fresh process.
+
+Q runs on the default engine (PT2E); the two tests of FX deploy files (a state dict rebuilt into an FX
+skeleton) pin ``quantize.engine=fx``."""
 
 from __future__ import annotations
 
@@ -217,7 +220,10 @@ def test_pruned_fp32_deploy_file_reloads_to_identical_outputs(baseline, cfg, sma
 
 
 def test_int8_deploy_file_reloads_to_identical_outputs_in_a_fresh_process(baseline, cfg, small, tmp_path):
-    out, _ = pipeline.run_stages(baseline, cfg, small, order="PQ", progress=False)
+    """FX: a deploy file holds an FX INT8 state dict (a PT2E graph is a torch.export program instead,
+    tested in test_quant_pt2e)."""
+    out, _ = pipeline.run_stages(baseline, C.with_section(cfg, "quantize", engine="fx"), small, order="PQ",
+                                 progress=False)
     path = deploy.save_deploy(out, tmp_path / "int8.pt", arch=train.arch_spec(cfg), form="int8")
     loaded = deploy.load_deploy(path)
     x = _images(small)
@@ -240,7 +246,8 @@ def test_int8_deploy_file_reloads_to_identical_outputs_in_a_fresh_process(baseli
 
 
 def test_user_model_deploy_needs_its_constructor(small, tmp_path):
-    cfg = C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path / "cache"))
+    """FX: only an FX deploy file is rebuilt from its constructor (a PT2E program carries its graph)."""
+    cfg = C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path / "cache"), quantize={"engine": "fx"})
     out, records = pipeline.compress(_trained_small_cnn(cfg, small), small, order="PQ", config=cfg)
     path = deploy.save_deploy(out, tmp_path / "user.pt", arch=records[0]["arch"], form="int8")
     with pytest.raises(deploy.DeployError, match="build_fn"):

@@ -1,5 +1,5 @@
-"""Stage Q on torchao PT2E (``quantize.engine: pt2e``): the scheme, the QAT recipe, pruned zeros
-through export, QAT, distillation and INT8, INT8 against its fake-quant twin, and the APIs it needs.
+"""Stage Q on torchao PT2E (``quantize.engine: pt2e``, the default): the scheme, the QAT recipe, pruned
+zeros through export, QAT, distillation and INT8, INT8 against its fake-quant twin, and the APIs it needs.
 
 PT2E's prepare and convert cost tens of seconds each (torchao exports its own match patterns on
 every call), so one module fixture runs P -> Q -> D once and converts once; the tests read it.
@@ -196,8 +196,10 @@ def user_cnn_twice(embedded, tmp_path_factory):
     from pqd_lib import pipeline
 
     data = embedded.subset(train=128, test=64, seed=0)
+    # The default engine: compress() on a user's CNN must go through PT2E without asking for it.
     cfg = C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path_factory.mktemp("pt2e-user")),
-                   quantize={"engine": "pt2e", "reduce_range": True}, prune={"target_sparsity": 0.5})
+                   quantize={"reduce_range": True}, prune={"target_sparsity": 0.5})
+    assert cfg.quantize.engine == "pt2e"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -329,6 +331,21 @@ def test_convert_folds_every_batchnorm_and_leaves_torchaos_pattern_passes_untouc
     assert len(Q2.int8_layers(out["int8"])) == len(Q2.weight_layers(out["D"]))
     for name in Q2._PATTERN_HELPERS:  # restored after prepare and convert
         assert getattr(qat_utils, name).__module__ == qat_utils.__name__ and getattr(qat_utils, name).__name__ == name
+
+
+def test_patterns_captured_once_per_process_give_the_same_int8_graph(pqd_run):
+    """torchao captures its conv-BN patterns afresh on every call; pqd captures each once per process
+    (quantize_pt2e._PATTERN_GRAPHS). A convert from captured patterns must equal one that captures them."""
+    out, _, data = pqd_run
+    Q2._PATTERN_GRAPHS.clear()
+    cold = Q.convert(out["D"])
+    assert Q2._PATTERN_GRAPHS  # the conv2d patterns of prepare/convert were captured and kept
+    warm = Q.convert(out["D"])
+    assert warm.code == cold.code
+    a, b = Q.int8_weights(cold), Q.int8_weights(warm)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = next(iter(data_mod.batches(data, "test", 16, shuffle=False, augment=False)))[0]
+    assert torch.equal(cold(x), warm(x)) and torch.equal(warm(x), out["int8"](x))
 
 
 def test_a_deferred_measurement_names_the_runtime_each_model_will_be_timed_on(pqd_run):

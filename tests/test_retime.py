@@ -56,6 +56,22 @@ def test_signatures_keep_what_latency_depends_on_and_are_shared_by_seeds():
     assert retime.estimate_seconds(needed, MeasureConfig()) > 0
 
 
+def test_int8_records_of_the_two_engines_never_share_a_signature():
+    """FX and PT2E INT8 models are different programs: a record's engine is part of its signature, and a
+    record without one predates the field (FX, the only engine then), so old names and ids stay the same."""
+    runs = _runs(seeds=(0,))
+    pt2e = runs.assign(run_id="pt2e-run", config=[{**FULL_RANGE, "quantize": {**FULL_RANGE["quantize"], "engine": "pt2e"}}]
+                       * len(runs))
+    needed = retime.plan(pd.concat([runs, pt2e], ignore_index=True), vnni=False)
+    by_label = {sig.label: sig for sig, _, _ in needed}
+    assert by_label["int8 50% · torch-eager"].engine == "fx" and by_label["int8 50% · torch-eager · pt2e"].engine == "pt2e"
+    assert by_label["onnx-int8-qat 0% · onnxruntime · pt2e"] != by_label["onnx-int8-qat 0% · onnxruntime"]
+    assert by_label["fp32 50% · torch-eager"].engine is None  # FP32 does not depend on the engine: still shared
+    shared = {sig.label: sorted({r["run_id"] for r in recs}) for (sig, _, _), recs in needed.items()}
+    assert shared["fp32 50% · torch-eager"] == ["pt2e-run", "resnet18-cifar10-mini-s0"]
+    assert shared["int8 50% · torch-eager · pt2e"] == ["pt2e-run"]
+
+
 def test_retime_times_each_signature_once_and_names_what_it_retimes(tmp_path):
     runs = _runs()
     runs = runs[~runs["runtime"].eq("onnxruntime")]  # the ONNX path is covered by the ONNX tests

@@ -95,3 +95,17 @@ def test_a_killed_run_resumes_at_the_next_unfinished_stage(trained_small, refere
     finished = [r["stage"] for r in records if r["cached_stage"]]
     assert finished[:1] == ["P"] and calls == [f"PQD:{s}" for s in "PQD" if s not in finished]
     _same(records, reference)
+
+
+def test_stages_before_q_keep_their_cache_keys_across_the_engine_default():
+    """P and D prefixes do not depend on the quantization engine, so their cache keys stay those written
+    while quantize.engine defaulted to "fx" (the standard grid's seed-0 stages, folder source), whichever
+    engine a run names; a prefix with Q keys by its engine."""
+    cfg = C.cell("resnet18", "cifar10", preset="standard", seed=0, data={"source": "folder"})
+    written_under_fx_default = {"P": "40c93b7b80695d6e", "D": "d097d8fd99e8c851", "PD": "bfc0f8b67251d3ab",
+                                "DP": "c9fb0c804b10c124"}
+    for engine in ("pt2e", "fx"):
+        named = C.with_section(cfg, "quantize", engine=engine)
+        assert {p: pipeline._prefix_hash(named, p) for p in written_under_fx_default} == written_under_fx_default
+    assert pipeline._prefix_hash(C.with_section(cfg, "quantize", engine="fx"), "PQ") != pipeline._prefix_hash(
+        C.with_section(cfg, "quantize", engine="pt2e"), "PQ")

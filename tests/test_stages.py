@@ -1,5 +1,10 @@
 """The three stages against trusted oracles: the cubic schedule's formula, exact sparsity, zeros that
-stay zero through QAT, KD and INT8, INT8 against its fake-quant twin, KD against a hand computation."""
+stay zero through QAT, KD and INT8, INT8 against its fake-quant twin, KD against a hand computation.
+
+Q runs on the default engine (PT2E) where a test checks an engine-independent invariant; tests that read
+torch.ao FX internals (fused ConvBn modules, the qconfig mapping, ``quantized::`` kernels, the FX clamp,
+FX deploy files) pin ``engine="fx"``, the reference path. Their PT2E counterparts are in
+tests/test_quant_pt2e.py."""
 
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ def tiny(embedded):
 
 def _cfg(tmp_path, **sections):
     return C.preset("smoke", data={"source": "embedded"}, cache_dir=str(tmp_path / "cache"), **sections)
+
+
+# The quantize section of a test that reads FX internals: torch.ao's FX graph mode, the reference engine.
+FX = {"engine": "fx"}
 
 
 def _model(width=0.125, seed=0):
@@ -154,19 +163,22 @@ def test_prune_stage_reaches_target_on_schedule(tiny, tmp_path):
 # Invariant: pruned weights are exactly zero after every later stage and in the INT8 weights.
 # ---------------------------------------------------------------------------
 def _assert_int8_zero(int8_model, masks):
+    """Every pruned weight is the integer 0 in the INT8 model (either engine: the one INT8 weight reader)."""
     weights = Q.int8_weights(int8_model)
     assert set(masks) <= set(weights)
     for name, mask in masks.items():
         assert torch.count_nonzero(weights[name][~mask.cpu()]) == 0, name
     for name, m in int8_model.named_modules():
-        if name in weights:  # symmetric: zero point 0, so float 0 is the integer 0
+        if name in weights and Q.engine_of(int8_model) == "fx":  # symmetric: zero point 0, so float 0 is 0
             w = m.weight()
             assert w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
             assert torch.count_nonzero(w.q_per_channel_zero_points()) == 0, name
 
 
 def test_pruned_zeros_survive_qat_distillation_and_int8(tiny, tmp_path):
-    cfg = _cfg(tmp_path, prune={"target_sparsity": 0.9})
+    """FX: also reads the BN-folded fake-quantized weight of FX's fused ConvBn modules (the PT2E twin of
+    this test is test_quant_pt2e's masks test)."""
+    cfg = _cfg(tmp_path, prune={"target_sparsity": 0.9}, quantize=FX)
     start = _model()
     teacher = copy.deepcopy(start).eval()
     (after_p, after_q, after_d), _ = _run(start, cfg, tiny, "PQD", teacher=teacher)
@@ -201,7 +213,7 @@ def test_prune_after_quantize_prunes_fake_quant_weights_and_masks_reach_int8(tin
 def test_qconfig_is_per_channel_symmetric_int8_weights_and_per_tensor_affine_uint8_activations():
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
-    prepared = Q.prepare_qat(_model())
+    prepared = Q.prepare_qat(_model(), engine="fx")  # FX's qconfig mapping (PT2E's: test_quant_pt2e)
     weights = [m.weight_fake_quant for m in prepared.modules() if hasattr(m, "weight_fake_quant")]
     acts = [m for n, m in prepared.named_modules() if n.startswith("activation_post_process") and "." not in n]
     assert weights and acts
@@ -212,7 +224,7 @@ def test_qconfig_is_per_channel_symmetric_int8_weights_and_per_tensor_affine_uin
         assert isinstance(fq, FakeQuantizeBase)
         assert (fq.dtype, fq.qscheme, fq.quant_min, fq.quant_max) == (torch.quint8, torch.per_tensor_affine, 0, 127)
     assert Q.activation_reduce_range(prepared) is True and C.QuantizeConfig().reduce_range is True
-    full = Q.prepare_qat(_model(), reduce_range=False)
+    full = Q.prepare_qat(_model(), reduce_range=False, engine="fx")
     assert {m.quant_max for n, m in full.named_modules()
             if n.startswith("activation_post_process") and "." not in n} == {255}
     assert Q.activation_reduce_range(full) is False and Q.activation_reduce_range(_model()) is None
@@ -221,7 +233,7 @@ def test_qconfig_is_per_channel_symmetric_int8_weights_and_per_tensor_affine_uin
 def test_every_stage_after_q_follows_the_qat_freezing_recipe(tiny, tmp_path):
     from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, quantize=FX)  # reads FX's fused modules (PT2E: test_quant_pt2e)
     start = _model()
     (model,), ctx = _run(start, cfg, tiny, "Q")
     fused = [m for m in model.modules() if hasattr(m, "freeze_bn")]
@@ -239,7 +251,7 @@ def test_every_stage_after_q_follows_the_qat_freezing_recipe(tiny, tmp_path):
 
 
 def test_convert_gives_real_int8_kernels_not_fake_quant(tiny):
-    prepared = Q.prepare_qat(_model())
+    prepared = Q.prepare_qat(_model(), engine="fx")
     Q.calibrate(prepared, tiny, batches=2)
     int8 = Q.convert(prepared)
     assert Q.is_int8(int8) and not Q.is_fake_quant(int8) and Q.is_fake_quant(prepared)
@@ -266,7 +278,7 @@ def test_int8_clamps_7bit_activations_where_fake_quant_does_also_after_a_deploy_
     placeholder scales: it must clamp at the loaded ones."""
     from pqd_lib import deploy
 
-    prepared = Q.prepare_qat(_model(width=0.25), reduce_range=True)
+    prepared = Q.prepare_qat(_model(width=0.25), reduce_range=True, engine="fx")  # the FX clamp pass
     torch.manual_seed(0)
     with torch.no_grad():
         prepared(0.5 * torch.randn(32, 3, 32, 32))
@@ -309,8 +321,10 @@ _MIN_SQNR_DB = {True: 22.0, False: 35.0}
 
 
 def _q_on_embedded(trained, embedded, reduce_range):
+    """Stage Q on FX: its eager INT8 model runs the x86 integer kernels whose saturation these tests
+    measure (a PT2E INT8 graph runs its arithmetic in FP32 eager: test_quant_pt2e checks its agreement)."""
     model, cfg, _ = trained
-    cfg = C.with_section(cfg, "quantize", reduce_range=reduce_range)
+    cfg = C.with_section(cfg, "quantize", reduce_range=reduce_range, engine="fx")
     qat_data = embedded.subset(train=2000, test=None, seed=0)
     (prepared,), _ = _run(copy.deepcopy(model), cfg, qat_data, "Q")
     return prepared
@@ -402,7 +416,7 @@ def test_full_range_is_refused_in_one_line_without_vnni_and_allowed_with_it(monk
     _run(_model(), _cfg(tmp_path), tiny, "Q")  # the default range runs
     monkeypatch.setattr(hardware, "capabilities", lambda: {**avx2, "avx512_f": True, "avx512_vnni": True})
     (prepared,), _ = _run(_model(), cfg, tiny, "Q")
-    assert Q.int8_settings(Q.convert(prepared)) == {"backend": "x86", "reduce_range": False}
+    assert Q.int8_settings(Q.convert(prepared))["reduce_range"] is False
 
 
 @pytest.mark.parametrize("reduce_range", [True, False])
@@ -413,7 +427,7 @@ def test_deploy_file_stores_the_range_the_model_was_trained_with(reduce_range, m
 
     vnni = {"architecture": "x86_64", "avx2": True, "avx512_f": True, "avx512_vnni": True}
     monkeypatch.setattr(hardware, "capabilities", lambda: vnni)  # full range may be built and loaded
-    prepared = Q.prepare_qat(_model(), reduce_range=reduce_range)
+    prepared = Q.prepare_qat(_model(), reduce_range=reduce_range, engine="fx")  # an FX deploy file
     Q.calibrate(prepared, tiny, batches=1)
     int8 = Q.convert(prepared)
     arch = {"name": "resnet18", "num_classes": 10, "width": 0.125}
@@ -433,7 +447,7 @@ def test_full_range_deploy_file_is_refused_on_a_cpu_without_vnni_naming_the_fix(
 
     vnni = {"architecture": "x86_64", "avx2": True, "avx512_f": True, "avx512_vnni": True}
     monkeypatch.setattr(hardware, "capabilities", lambda: vnni)
-    prepared = Q.prepare_qat(_model(), reduce_range=False)
+    prepared = Q.prepare_qat(_model(), reduce_range=False, engine="fx")  # an FX deploy file
     Q.calibrate(prepared, tiny, batches=1)
     arch = {"name": "resnet18", "num_classes": 10, "width": 0.125}
     path = deploy.save_deploy(Q.convert(prepared), tmp_path / "full.pt", arch=arch, form="int8")

@@ -18,18 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from .. import data as data_mod
 from ..correct_bits import pack_correct
-from ..stages.quantize import is_int8, observers_paused
+from ..stages.quantize import is_fake_quant, is_int8, observers_paused
 from .onnx_runtime import session
 
 __all__ = ["accuracy"]
 
 
 def _paused(model: nn.Module) -> Any:
-    if any(isinstance(m, FakeQuantizeBase) for m in model.modules()):
+    # Either engine's fake-quant model (is_fake_quant dispatches): evaluation must not move its ranges.
+    if is_fake_quant(model):
         return observers_paused(model)
     return contextlib.nullcontext()
 

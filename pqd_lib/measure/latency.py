@@ -95,8 +95,8 @@ def validated(cfg: MeasureConfig) -> MeasureConfig:
 
 
 def _int8_on_cuda(device: str) -> ValueError:
-    return ValueError(f"device: {device!r}: INT8 runs on CPU (x86/fbgemm kernels); PyTorch has no CUDA kernels for "
-                      "the FX-converted INT8 model. Measure it with device='cpu'.")
+    return ValueError(f"device: {device!r}: INT8 runs on CPU (x86 kernels); PyTorch has no CUDA kernels for "
+                      "pqd's INT8 models (FX- or PT2E-converted). Measure it with device='cpu'.")
 
 
 def error_records(message: str, *, runtime: str, device: str, threads: Sequence[int], batch_sizes: Sequence[int],

@@ -9,12 +9,14 @@ the models (identical INT8 models ranged 0.95-2.0 ms). Their accuracy stays vali
 is re-measured here. The trained weights are not needed: dense and INT8 kernels do the same work
 whatever the weight values, so what a latency depends on is the **deploy signature**
 (:class:`Signature`): architecture (backbone, classes, width), deploy form, runtime, the sparsity
-level (to 10 %) and, for INT8, the quantization settings; then threads and batch size.
+level (to 10 %) and, for INT8, the quantization settings and the Q engine that made the model (FX
+and PT2E INT8 models are different programs: their records never share a signature); then threads
+and batch size.
 
 For each distinct signature of the selected records a model is built: seeded weights
 (``torch.manual_seed(0)``), globally magnitude-pruned to the signature's sparsity (zeros kept in
-the weights, as a pruned model is deployed), and for INT8 QAT-prepared with the recorded backend,
-calibrated on a few real images (the embedded CIFAR-10 set) and converted; the ONNX forms are
+the weights, as a pruned model is deployed), and for INT8 QAT-prepared by the recorded engine with
+the recorded backend, calibrated on a few real images (the embedded CIFAR-10 set) and converted; the ONNX forms are
 exported from those. The sparsity is part of *every* signature, dense kernels included: claim C2
 (and C5's latency axis) asks precisely whether zeros change a dense kernel's time, so that is
 measured, not assumed.
@@ -82,6 +84,8 @@ class Signature:
     sparsity: float
     backend: str | None = None
     reduce_range: bool | None = None
+    # The Q engine of an INT8 model pqd made ("fx" or "pt2e"; None for FP32 and ONNX Runtime's own PTQ).
+    engine: str | None = None
 
     @property
     def arch(self) -> dict[str, Any]:
@@ -90,8 +94,13 @@ class Signature:
 
     @property
     def label(self) -> str:
-        """A short unique name inside one comparison (one width), e.g. ``int8 50% · torch-eager``."""
-        return f"{self.deploy} {self.sparsity:.0%} · {self.runtime}"
+        """A short unique name inside one comparison (one width), e.g. ``int8 50% · torch-eager``, or
+        ``int8 50% · torch-compile · pt2e``: the engine is named unless it is FX, so the names (and record ids)
+        of signatures re-timed before the engine was part of them stay what they were."""
+        return f"{self.deploy} {self.sparsity:.0%} · {self.runtime}" + self._engine_suffix(" · ")
+
+    def _engine_suffix(self, sep: str) -> str:
+        return f"{sep}{self.engine}" if self.engine not in (None, "fx") else ""
 
 
 def _get(record: dict[str, Any], *path: str) -> Any:
@@ -132,15 +141,18 @@ def signature_of(record: dict[str, Any], *, vnni: bool | None = None) -> Signatu
     if deploy.startswith("onnx") or _missing(sparsity):
         sparsity = 0.0  # the ONNX files were made from the dense model
     classes = _get(record, "arch", "num_classes") or (100 if record.get("dataset") == "cifar100" else 10)
-    backend = reduce_range = None
+    backend = reduce_range = engine = None
     if "int8" in deploy:
         backend = _get(record, "config", "quantize", "backend") or "x86"
         recorded = _get(record, "config", "quantize", "reduce_range")
         vnni = hardware.has_int8_vnni() if vnni is None else vnni
         reduce_range = bool(recorded) if (recorded is not None and vnni) else True
+    if deploy in ("int8", "onnx-int8-qat"):
+        # A record without the field predates quantize.engine: FX was the only engine then.
+        engine = _get(record, "config", "quantize", "engine") or "fx"
     # Sparsity to 10 %: an INT8 model's weights that round to zero (1-3 %) are not a pruning level.
     return Signature(str(backbone), int(classes), float(width), deploy, runtime, round(float(sparsity), 1),
-                     backend, reduce_range)
+                     backend, reduce_range, engine)
 
 
 def plan(records: pd.DataFrame, *, vnni: bool | None = None) -> dict[tuple[Signature, int, int], list[dict[str, Any]]]:
@@ -239,7 +251,7 @@ class _Builder:
         from ..stages import quantize as quantize_stage
 
         prepared = quantize_stage.prepare_qat(self._pruned(sig.sparsity), backend=sig.backend or "x86",
-                                              reduce_range=bool(sig.reduce_range))
+                                              reduce_range=bool(sig.reduce_range), engine=sig.engine or "fx")
         quantize_stage.calibrate(prepared, self.images, batches=2, batch_size=32)
         return prepared
 
@@ -249,7 +261,7 @@ class _Builder:
         from ..stages import quantize as quantize_stage
         from . import onnx_runtime
 
-        key = (sig.deploy, sig.sparsity, sig.backend, sig.reduce_range)
+        key = (sig.deploy, sig.sparsity, sig.backend, sig.reduce_range, sig.engine)
         if key in self.files:
             return self.files[key]
         stem = self.work / f"{sig.deploy}-s{sig.sparsity:g}-{len(self.files)}"
@@ -364,14 +376,14 @@ def _record(sig: Signature, timed: dict[str, Any], sources: list[dict[str, Any]]
     return {
         **fields,
         "record_id": (f"retime-{sig.backbone}-c{sig.num_classes}-w{sig.width:g}-{sig.deploy}-s{sig.sparsity:g}-"
-                      f"{sig.runtime}-{timed['threads']}t-{timed['batch_size']}b"),
+                      f"{sig.runtime}{sig._engine_suffix('-')}-{timed['threads']}t-{timed['batch_size']}b"),
         "run_id": f"{cell}-retimed",
         "kind": KIND,
         "backbone": sig.backbone, "dataset": first.get("dataset"), "preset": first.get("preset"),
         "width": sig.width, "num_classes": sig.num_classes, "deploy": sig.deploy, "runtime": sig.runtime,
         "model": f"{model} {sig.sparsity:.0%} sparse" if sig.sparsity else model,
         "form": "int8" if "int8" in sig.deploy else "fp32", "target_sparsity": sig.sparsity,
-        "backend": sig.backend, "reduce_range": sig.reduce_range,
+        "backend": sig.backend, "reduce_range": sig.reduce_range, "engine": sig.engine,
         "recorded_reduce_range": ", ".join(recorded) if "int8" in sig.deploy else None,
         "signature": json.dumps(dataclasses.asdict(sig), sort_keys=True),
         "weights": WEIGHTS,

@@ -8,8 +8,9 @@ call, an ONNX Runtime session, an OpenVINO compile) -- measured here, never insi
 ==================  =====================================================================
 runtime             what runs
 ==================  =====================================================================
-torch-eager         the module as it is (FP32, or the FX-converted INT8 model)
-torch-compile       ``torch.compile`` of it (``quantize.compile_for_cpu``; compiled by a first call before timing)
+torch-eager         the module as it is (FP32, or the FX-converted INT8 model of the reference engine)
+torch-compile       ``torch.compile`` of it (``quantize.compile_for_cpu``; compiled by a first call before timing;
+                    the default runtime of a PT2E INT8 graph, the default engine's deploy form)
 torch-sparse-csr    every conv/linear as a CSR sparse x dense matmul (``sparse_kernels``)
 onnxruntime         an ONNX file on ONNX Runtime's CPU provider (``onnx_runtime.session``)
 openvino            an ONNX file on OpenVINO's CPU plugin (optional extra; ``openvino_runtime``)

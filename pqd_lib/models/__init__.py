@@ -5,8 +5,9 @@ model takes 32x32 RGB input, returns logits ``(N, num_classes)``, and is
 quantization-ready by construction: Conv2d -> BatchNorm2d -> ReLU as separate
 modules in fusable order, each ReLU module used once, residual additions through
 ``FloatFunctional`` (no bare ``+``), ``torch.flatten`` before the classifier. All
-three trace with ``torch.fx.symbolic_trace`` and ``torch.export.export`` and go
-through FX graph-mode QAT (``prepare_qat_fx`` / ``convert_fx``).
+three export with ``torch.export.export`` for the default PT2E QAT and trace with
+``torch.fx.symbolic_trace`` for the FX reference path (``prepare_qat_fx`` /
+``convert_fx``, ``quantize.engine=fx``), whose residual additions need ``FloatFunctional``.
 
 Parameter counts at width 1.0 (all parameters, BN affine included; BN running
 statistics are buffers and not counted):

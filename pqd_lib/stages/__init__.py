@@ -4,8 +4,9 @@ Each stage is a function ``stage(model, cfg, data, ctx) -> model`` (STYLE.md, ex
 
 * :func:`pqd_lib.stages.prune.prune` -- P, global unstructured magnitude pruning with the
   cubic schedule of Zhu & Gupta (2017);
-* :func:`pqd_lib.stages.quantize.quantize` -- Q, INT8 quantization-aware training (torch.ao FX graph
-  mode, or torchao PT2E with ``quantize.engine: pt2e``: :mod:`pqd_lib.stages.quantize_pt2e`);
+* :func:`pqd_lib.stages.quantize.quantize` -- Q, INT8 quantization-aware training (torchao PT2E,
+  :mod:`pqd_lib.stages.quantize_pt2e`; torch.ao's FX graph mode, the reference path, with
+  ``quantize.engine: fx``);
 * :func:`pqd_lib.stages.distill.distill` -- D, Hinton et al. (2015) knowledge distillation.
 
 The pipeline (:mod:`pqd_lib.pipeline`) looks them up in its ``STAGES`` registry and runs them in

@@ -1,6 +1,13 @@
 """Q: INT8 quantization-aware training for the x86 CPU backend, and conversion to a real INT8 model.
 
-Stage Q of Zhou & Shen (2026). The model is traced and prepared for QAT with PyTorch's FX graph
+Stage Q of Zhou & Shen (2026), with two engines (``cfg.quantize.engine``). The default, ``"pt2e"``,
+is torchao's ``torch.export``-based QAT (:mod:`pqd_lib.stages.quantize_pt2e`), the maintained path,
+with the scheme and schedule described here. ``"fx"`` is torch.ao's FX graph mode, deprecated in torch
+2.14: the reference path, kept behind ``quantize.engine=fx`` to reproduce the committed FX records
+until it is retired (the two reached parity on the mini grid: ``reports/engine-parity/``). The text
+below was measured on the FX path, where it was first built; the PT2E module says where it differs.
+
+FX: the model is traced and prepared for QAT with PyTorch's FX graph
 mode (``torch.ao.quantization.quantize_fx.prepare_qat_fx``): conv-BN(-ReLU) are fused into QAT
 modules that fold BatchNorm into the weight and fake-quantize it (Jacob et al. 2018, "Quantization
 and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference", Sec. 3), and
@@ -59,17 +66,14 @@ fused, 30.5 dB and 98.8 % unfused). We use the unfused ``FakeQuantize`` with the
 
 The mapping's special cases (fixed-qparams ops, reshape, transposed convs) are kept.
 
-Why ``torch.ao`` FX rather than its successor PT2E (``torchao``): on torch 2.14.1 the FX path
-works (it only warns that it is deprecated) and gives the real CPU speed-up with the least
-machinery -- measured on the project's CPU (ResNet-18 CIFAR, batch 1, 1 thread): FP32 eager
-19.8 ms, FX INT8 4.3 ms, PT2E-converted 45 ms eager and 3.7 ms only under ``torch.compile``,
-ONNX Runtime INT8 3.3 ms. Every use of the quantization API is in this module, so moving to PT2E
-is a local change; the deprecation warnings are silenced here only, inside each call
+Deploy speed differs between the engines' INT8 forms: measured on the project's CPU (ResNet-18
+CIFAR, batch 1, 1 thread) FP32 eager 19.8 ms, FX INT8 4.3 ms eager, PT2E-converted 45 ms eager (INT8
+arithmetic run in FP32, a reference) and 3.7 ms under ``torch.compile`` (:func:`compile_for_cpu`),
+ONNX Runtime INT8 3.3 ms; a PT2E INT8 model is therefore timed compiled or in a runtime
+(:func:`deploys_compiled`). FX's deprecation warnings are silenced here only, inside each call
 (:func:`_quiet`), never globally.
 
-Two engines (``cfg.quantize.engine``): ``"fx"``, described above, and ``"pt2e"``, torchao's
-``torch.export``-based QAT with the same scheme and schedule (:mod:`pqd_lib.stages.quantize_pt2e`),
-the maintained successor. The functions here dispatch on the model they are given, so the stage,
+The functions here dispatch on the model they are given, so the stage,
 the pipeline and ``measure`` ask one place whatever the engine: :func:`is_fake_quant`,
 :func:`is_int8`, :func:`int8_layers` / :func:`int8_weights` (the one reader of INT8 weights for sizes,
 proxies and sparsity), :func:`convert`, :func:`observers_paused` and the freezing functions.
@@ -93,6 +97,7 @@ import torch
 from torch import nn
 
 from .. import hardware
+from ..config import QuantizeConfig
 from . import StageContext
 
 __all__ = [
@@ -259,11 +264,13 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def prepare_qat(model: nn.Module, *, backend: str = "x86", reduce_range: bool = True,
-                example_inputs: tuple[torch.Tensor, ...] | None = None, engine: str = "fx") -> nn.Module:
+                example_inputs: tuple[torch.Tensor, ...] | None = None,
+                engine: str = QuantizeConfig.engine) -> nn.Module:
     """QAT prepare of a copy of `model` (the input is left untouched); returns it in train mode.
 
-    ``engine="pt2e"``: torchao's PT2E flow (:func:`pqd_lib.stages.quantize_pt2e.prepare_qat`, x86
-    backend only); ``"fx"``: torch.ao's FX graph mode, as follows.
+    ``engine="pt2e"`` (the default, ``QuantizeConfig.engine``): torchao's PT2E flow
+    (:func:`pqd_lib.stages.quantize_pt2e.prepare_qat`, x86 backend only); ``"fx"``: torch.ao's FX
+    graph mode (the reference path), as follows.
 
     Fuses conv-BN(-ReLU) into QAT modules named like the conv and inserts fake-quants with
     :func:`qconfig_mapping`. Module state that is not a parameter of a standard module (e.g.
@@ -440,14 +447,15 @@ def _clamp_requantized_outputs(int8: nn.Module, *, quant_max: int) -> None:
 
 def int8_skeleton(model: nn.Module, *, backend: str = "x86", reduce_range: bool = True,
                   input_shape: tuple[int, ...] = (1, 3, 32, 32), allow_saturation: bool = False) -> nn.Module:
-    """An INT8 module with the structure :func:`convert` gives for this architecture, to load a state dict into.
+    """An FX INT8 module with the structure :func:`convert` gives for this architecture, to load a state dict into.
 
     Prepares and converts a freshly built FP32 `model` with the same qconfig; its quantized values are
-    placeholders until ``load_state_dict`` (used by :func:`pqd_lib.deploy.load_deploy`).
+    placeholders until ``load_state_dict`` (used by :func:`pqd_lib.deploy.load_deploy` for FX deploy
+    files, which store a state dict; a PT2E INT8 graph is saved and loaded as a ``torch.export`` program).
     `allow_saturation` as in :func:`convert`.
     """
     prepared = prepare_qat(model.cpu(), backend=backend, reduce_range=reduce_range,
-                           example_inputs=(torch.zeros(*input_shape),))
+                           example_inputs=(torch.zeros(*input_shape),), engine="fx")
     with torch.no_grad(), _quiet():
         prepared.eval()(torch.zeros(*input_shape))  # gives the observers a range: no inf scales
     return convert(prepared, backend=backend, allow_saturation=allow_saturation)
