@@ -102,14 +102,18 @@ class StageContext:
         whatever the stage did). This is a thin call of the one training loop, not a second one.
         Stores and returns the per-epoch history.
         """
-        if self.replay:
-            return self.history
         per_epoch = max(1, train.steps_per_epoch(data.y_train.numel(), cfg.train.batch_size))
         hooks, epoch_hooks = list(after_step), list(on_epoch_start)
         for factory in self.stage_hooks:
             more_steps, more_epochs = factory(model, self.epochs * per_epoch, per_epoch)
             hooks += list(more_steps)
             epoch_hooks += list(more_epochs)
+        if self.replay:
+            # Leave the model in the state a trained stage ends in: what the per-stage hooks switch (QAT's
+            # observer and BN freezing) is not all in the cached state dict (PT2E keeps BN's in graph meta).
+            for hook in epoch_hooks[len(on_epoch_start):]:
+                hook(self.epochs)
+            return self.history
         hooks += [functools.partial(h, model) for h in self.after_step]
         self.history = train.fit(model, data, cfg, epochs=self.epochs, lr=lr, momentum=momentum,
                                  weight_decay=weight_decay, loss_fn=loss_fn, after_step=hooks,
