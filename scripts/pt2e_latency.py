@@ -48,17 +48,6 @@ FX = ("FX INT8 torch eager", "FX QDQ ONNX Runtime", "FX QDQ OpenVINO")
 PT2E = ("PT2E INT8 torch.compile", "PT2E QDQ ONNX Runtime", "PT2E QDQ OpenVINO")
 
 
-def pt2e_prepared(model: torch.nn.Module, images: torch.Tensor, reduce_range: bool) -> torch.nn.Module:
-    """The PT2E QAT-prepared model, observers and BN statistics calibrated on `images` then frozen."""
-    prepared = quantize_stage.prepare_qat(model, reduce_range=reduce_range, engine="pt2e")
-    with torch.no_grad():
-        for i in range(0, len(images), 64):
-            prepared(images[i:i + 64])
-    quantize_stage.freeze_observers(prepared)
-    quantize_stage.freeze_bn_stats(prepared)
-    return prepared.eval()
-
-
 def artifacts(arch: dict, images: torch.Tensor, work: Path, with_openvino: bool) -> tuple[list, Candidate]:
     """Both engines' deploy forms as saved artifacts: (candidates, reference)."""
     torch.manual_seed(0)
@@ -66,12 +55,12 @@ def artifacts(arch: dict, images: torch.Tensor, work: Path, with_openvino: bool)
     reduce_range = C.QuantizeConfig().reduce_range
     ref = Candidate(REFERENCE, save_artifact(dense, work / "fp32.pt", arch=arch))
     t = time.time()
-    fx = qat_prepared(dense, images, reduce_range)
+    fx = qat_prepared(dense, images, reduce_range, "fx")
     fx_int8 = save_artifact(quantize_stage.convert(fx), work / "fx_int8.pt", arch=arch, reduce_range=reduce_range)
     fx_onnx = onnx_runtime.export_qat_onnx(fx, work / "fx_qat.onnx")
     print(f"(FX: prepare, convert, ONNX export {time.time() - t:.0f} s)")
     t = time.time()
-    pt = quantize_stage.convert(pt2e_prepared(dense, images, reduce_range))
+    pt = quantize_stage.convert(qat_prepared(dense, images, reduce_range, "pt2e"))
     pt_program = save_artifact(pt, work / "pt2e_int8.pt2", arch=arch)
     pt_onnx = onnx_runtime.export_qat_onnx(pt, work / "pt2e_int8.onnx")
     print(f"(PT2E: prepare, convert, torch.export + ONNX export {time.time() - t:.0f} s)")
