@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["BACKBONES", "NARROWEST_LAYER", "STRIDED_POINTWISE_INPUTS", "ONEDNN_SAFE_INPUT_CHANNELS",
+__all__ = ["BACKBONES", "NARROWEST_LAYER", "STRIDED_POINTWISE_INPUTS", "ONEDNN_SAFE_INPUT_CHANNELS", "NHWC_BUG_FIX",
            "scale_channels", "check_width", "check_channels_last"]
 
 #: Every backbone of the paper (Zhou & Shen 2026), by registry name.
@@ -30,6 +30,10 @@ STRIDED_POINTWISE_INPUTS: dict[str, tuple[int, ...]] = {
 #: free, or a hang at 2 threads) and matches NCHW to 1e-6 from 8 on; the report's AVX-512 machine
 #: returns wrong gradients silently below 16. 16 covers both.
 ONEDNN_SAFE_INPUT_CHANNELS = 16
+
+#: The end of every refusal of such a convolution (the config's and the training loop's): why, and the fix.
+NHWC_BUG_FIX = ("whose channels_last weight gradient oneDNN computes wrong or crashes on (oneDNN issue #6035); "
+                "set train.channels_last=false")
 
 
 def scale_channels(channels: int, width: float) -> int:
@@ -74,5 +78,4 @@ def check_channels_last(name: str, width: float) -> None:
         got = scale_channels(narrow[0], width)
         smallest = ONEDNN_SAFE_INPUT_CHANNELS / narrow[0]
         raise ValueError(f"model.width: {width!r} gives {name} a stride-2 1x1 convolution with {got} input channels, "
-                         f"whose channels_last weight gradient oneDNN computes wrong or crashes on (oneDNN issue "
-                         f"#6035); set train.channels_last=false, or model.width >= {smallest:g}")
+                         f"{NHWC_BUG_FIX}, or model.width >= {smallest:g}")

@@ -36,7 +36,7 @@ from . import config as config_mod
 from . import data as data_mod
 from . import models
 from ._atomic import atomic_path
-from .backbones import ONEDNN_SAFE_INPUT_CHANNELS
+from .backbones import NHWC_BUG_FIX, ONEDNN_SAFE_INPUT_CHANNELS
 from .data import Augmentation
 from .config import RunConfig
 
@@ -338,8 +338,7 @@ def _refuse_nhwc_kernel_bug(model: nn.Module) -> None:
         if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
                 and m.in_channels < ONEDNN_SAFE_INPUT_CHANNELS):
             raise ValueError(f"{name or 'model'}: a stride-{m.stride[0]} 1x1 convolution with {m.in_channels} input "
-                             f"channels, whose channels_last weight gradient oneDNN computes wrong or crashes on "
-                             f"(oneDNN issue #6035); set train.channels_last=false")
+                             f"channels, {NHWC_BUG_FIX}")
 
 
 def fit(model: nn.Module, data: data_mod.DataSplits, cfg: RunConfig, *, epochs: int, lr: float,
